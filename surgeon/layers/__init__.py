@@ -1,0 +1,6 @@
+"""Structured drop-in replacements for ``nn.Linear``."""
+
+from surgeon.layers.acdc import ACDCLinear
+from surgeon.layers.fastfood import FastfoodLinear
+
+__all__ = ["ACDCLinear", "FastfoodLinear"]

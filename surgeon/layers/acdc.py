@@ -1,0 +1,124 @@
+"""``ACDCLinear``: a K-factor ACDC cascade as a drop-in for ``nn.Linear`` (thesis §3.10, eq. 3.24)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgeon.ops.acdc import acdc_cascade_ref, canonical_activation
+
+_MAX_DEPTH = 1024
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed))
+    return gen
+
+
+def check_features(in_features: int, out_features: int) -> None:
+    for label, value in (("in_features", in_features), ("out_features", out_features)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+
+
+class ACDCLinear(nn.Module):
+    """``Φ(x) = Π_k A_k C D_k C⁻¹``-style cascade of ``depth`` ACDC factors mapping (..., in) -> (..., out).
+
+    Each factor is ``y = IDCT(DCT(x ⊙ a_k) ⊙ d_k + b_k)``; between factors the ``activation`` and a fixed
+    random permutation (buffer ``perms``, reproducible from ``seed``) keep adjacent factors incoherent.
+    The working size is ``N = max(in, out)``: the input is zero-padded to N and the output truncated.
+    Diagonals start at ``N(1, init_std²)`` (identity plus noise, §3.10.7.1), biases at 0.
+
+    Parameters: ``a``, ``d`` (K, N) and ``b`` (K, N) when ``bias``; 2KN or 3KN numbers in all.
+    """
+
+    def __init__(self, in_features: int, out_features: int, depth: int = 12, bias: bool = True,
+                 activation: str | None = "relu", permute: bool = True, init_std: float = 0.1,
+                 seed: int | None = None, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        check_features(in_features, out_features)
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= _MAX_DEPTH:
+            raise ValueError(f"depth must be an integer between 1 and {_MAX_DEPTH}, got {depth!r}")
+        if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"init_std must be a finite non-negative number, got {init_std!r}")
+        self.in_features, self.out_features, self.depth = in_features, out_features, depth
+        self.size = max(in_features, out_features)
+        self.activation = canonical_activation(activation)
+        self.permute, self.init_std, self.seed = bool(permute), float(init_std), seed
+        factory = {"device": device, "dtype": dtype}
+        self.a = nn.Parameter(torch.empty(depth, self.size, **factory))
+        self.d = nn.Parameter(torch.empty(depth, self.size, **factory))
+        self.register_parameter("b", nn.Parameter(torch.empty(depth, self.size, **factory)) if bias else None)
+        gen = _generator(seed)
+        if self.permute and depth > 1:
+            perms = torch.stack([torch.randperm(self.size, generator=gen) for _ in range(depth - 1)])
+            self.register_buffer("perms", perms.to(device))
+        else:
+            self.register_buffer("perms", None)
+        self._init_gen_state = gen.get_state()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Diagonals ~ N(1, init_std²) from the layer's seed, biases 0."""
+        gen = torch.Generator()
+        gen.set_state(self._init_gen_state)
+        with torch.no_grad():
+            for p in (self.a, self.d):
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * self.init_std
+                p.copy_((1.0 + noise).to(p.dtype))
+            if self.b is not None:
+                self.b.zero_()
+
+    @property
+    def bias(self) -> torch.Tensor | None:  # nn.Linear-like introspection
+        return self.b
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs: Any) -> ACDCLinear:
+        """A randomly initialised cascade with ``linear``'s shape, device and dtype (fitting is in surgery)."""
+        kwargs.setdefault("bias", linear.bias is not None)
+        return cls(linear.in_features, linear.out_features, device=linear.weight.device,
+                   dtype=linear.weight.dtype, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"ACDCLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
+        if self.size > self.in_features:
+            x = nn.functional.pad(x, (0, self.size - self.in_features))
+        y = acdc_cascade_ref(x, self.a, self.d, self.b, self.perms, self.activation)
+        return y[..., : self.out_features] if self.out_features < self.size else y
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (only when the cascade is linear, i.e. ``activation=None``)."""
+        if self.activation != "none":
+            raise ValueError(f"to_dense() needs a linear cascade (activation=None); this one uses {self.activation!r}")
+        ref = self.a
+        probes = torch.cat([torch.zeros(1, self.in_features), torch.eye(self.in_features)]).to(ref.device, torch.float64)
+        outputs = acdc_cascade_ref(nn.functional.pad(probes, (0, self.size - self.in_features)),
+                                   self.a.double(), self.d.double(), None if self.b is None else self.b.double(),
+                                   self.perms, "none")[:, : self.out_features]
+        offset = outputs[0]
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.b is not None,
+                           device=ref.device, dtype=ref.dtype)
+        linear.weight.copy_((outputs[1:] - offset).T)
+        if linear.bias is not None:
+            linear.bias.copy_(offset)
+        return linear
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer's structure (JSON-serialisable)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "depth": self.depth,
+                "bias": self.b is not None, "activation": None if self.activation == "none" else self.activation,
+                "permute": self.permute, "init_std": self.init_std, "seed": self.seed}
+
+    def extra_repr(self) -> str:
+        params = sum(p.numel() for p in self.parameters())
+        dense = self.in_features * self.out_features + self.out_features
+        return (f"in_features={self.in_features}, out_features={self.out_features}, depth={self.depth}, "
+                f"N={self.size}, activation={self.activation}, permute={self.permute}, bias={self.b is not None}, "
+                f"params={params} (dense {dense}, ×{dense / max(params, 1):.1f} fewer)")

@@ -1,0 +1,30 @@
+"""The Fastfood transform ``V x = S Ĥ G Π Ĥ B x`` (thesis §3.9, eq. 3.9), stacked over blocks.
+
+``Ĥ = H/√d`` is the orthonormal Walsh–Hadamard matrix, so with Le et al.'s random draws (B ±1, G Gaussian,
+S ~ chi(d)/‖G‖_F) every row of ``V`` has expected unit norm: ``V`` behaves like a dense Gaussian matrix with
+entries N(0, 1/d), i.e. Le et al.'s ``1/(σ√d) S H G Π H B`` with σ = √d. Gradients (eq. 3.13) come from
+autograd; ``Ĥ`` is symmetric and its backward applies it again.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from surgeon.ops.hadamard import fwht
+
+
+def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor,
+                 perm: torch.Tensor) -> torch.Tensor:
+    """Apply ``n_blocks`` stacked Fastfood transforms to x (..., d) -> (..., n_blocks * d).
+
+    ``scale``, ``gauss``, ``binary``: (n_blocks, d) diagonals S, G, B; ``perm``: (n_blocks, d) int64 Π, so that
+    ``(Π v)[i] = v[perm[i]]``. fp16/bf16 are computed in fp32 and cast back.
+    """
+    blocks, d = scale.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, 1, d).to(compute)
+    h = fwht(rows * binary.to(compute), normalized=True)
+    h = torch.gather(h, -1, perm.unsqueeze(0).expand(h.shape[0], blocks, d))
+    h = fwht(h * gauss.to(compute), normalized=True) * scale.to(compute)
+    return h.reshape(*lead, blocks * d).to(x.dtype)

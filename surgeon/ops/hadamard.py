@@ -1,0 +1,92 @@
+"""Walsh–Hadamard transform along the last dimension (thesis §3.9, Sylvester ordering).
+
+``H_2 = [[1, 1], [1, -1]]`` and ``H_2d = [[H_d, H_d], [H_d, -H_d]]``, i.e. ``H_N = H_a ⊗ H_b`` for any split
+``N = a·b`` of a power of two. Instead of log2(N) butterfly passes over memory we apply the Kronecker factors
+as small dense matrix products (at most 128 wide), which BLAS runs at full speed on CPU and which lowers to
+``MatMul`` nodes in ONNX. ``H`` is symmetric, so the transform is its own adjoint: the backward pass applies it
+to the incoming gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+_MAX_BLOCK = 128
+
+
+def is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=64)
+def _hadamard_cpu64(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                    normalized: bool = False) -> torch.Tensor:
+    """The dense N x N Sylvester Hadamard matrix (entries ±1, or ±1/sqrt(N) when ``normalized``)."""
+    if not is_power_of_two(n):
+        raise ValueError(f"the Hadamard transform needs a power-of-two size, got {n}")
+    h = _hadamard_cpu64(n)
+    if normalized:
+        h = h / math.sqrt(n)
+    return h.to(device=device, dtype=dtype)
+
+
+def kronecker_split(n: int, max_block: int = _MAX_BLOCK) -> list[int]:
+    """Factor sizes (each a power of two ≤ ``max_block``) whose product is ``n``, largest first."""
+    blocks = []
+    remaining = n
+    while remaining > max_block:
+        blocks.append(max_block)
+        remaining //= max_block
+    blocks.append(remaining)
+    return blocks
+
+
+def _apply_kronecker(x: torch.Tensor, normalized: bool) -> torch.Tensor:
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    blocks = kronecker_split(n)
+    work = x.reshape(-1, *blocks)
+    # Contract each factor against its own axis; H_a ⊗ H_b acts on index (i, j) as H_a[i', i] H_b[j', j].
+    for axis, size in enumerate(blocks, start=1):
+        h = hadamard_matrix(size, dtype=work.dtype, device=work.device)
+        work = torch.movedim(torch.movedim(work, axis, -1) @ h, -1, axis)
+    out = work.reshape(*lead, n)
+    return out / math.sqrt(n) if normalized else out
+
+
+class _Hadamard(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, normalized: bool) -> torch.Tensor:
+        ctx.normalized = normalized
+        return _apply_kronecker(x, normalized)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Hadamard.apply(grad, ctx.normalized), None
+
+
+def fwht(x: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """Walsh–Hadamard transform ``x H_N`` along the last dim: (..., N) -> (..., N), N a power of two.
+
+    ``normalized=True`` divides by sqrt(N), making the transform orthonormal and its own inverse.
+    fp16/bf16 inputs are transformed in fp32 (sums of N terms overflow/round badly in half precision).
+    """
+    n = x.shape[-1]
+    if not is_power_of_two(n):
+        raise ValueError(f"the Hadamard transform needs a power-of-two size, got {n}")
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _Hadamard.apply(x.to(compute), normalized).to(x.dtype)

@@ -1,0 +1,1 @@
+"""Model surgery: selection, fx rewriting with a module-tree fallback, records."""

@@ -1,0 +1,76 @@
+"""What a surgery changed: the record every transform returns, and the recipe that replays it.
+
+A model that went through ``surgeon.convert`` / ``noisify`` / ``mollify`` carries, as the plain Python attribute
+``surgeon_records``, one :class:`SurgeryRecord` per transform applied, oldest first. The record is JSON-able: a
+checkpoint stores it as its recipe, and replaying the recipe on a freshly built original model (calling the same
+transform with ``arguments`` and ``include`` narrowed to exactly ``selected``) rebuilds the same structure, so the
+saved weights load into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+RECORDS_ATTRIBUTE = "surgeon_records"
+
+
+@dataclass
+class Change:
+    """One replaced module or call site."""
+
+    name: str                 # qualified name of the new module in the returned model
+    source: str               # what was replaced: "module", "function" or "method"
+    old: str                  # e.g. "Linear(4096, 4096)" or "torch.sigmoid"
+    new: str                  # class name of the replacement, e.g. "ACDCLinear"
+    config: dict[str, Any]    # constructor kwargs of the replacement (JSON-able)
+    params_before: int = 0
+    params_after: int = 0
+    fit_error: float | None = None   # held-out relative output error ‖Wx − Φ(x)‖/‖Wx‖ for init="fit"
+    note: str = ""
+
+
+@dataclass
+class Skip:
+    """A candidate left untouched, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class SurgeryRecord:
+    """Everything one transform did to one model."""
+
+    transform: str                     # "convert", "noisify", "mollify"
+    arguments: dict[str, Any]          # the JSON-able arguments it was called with
+    selected: list[str] = field(default_factory=list)   # exact names chosen for surgery
+    changes: list[Change] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    traced: bool = True                # False when the module-tree fallback was used
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SurgeryRecord:
+        data = dict(data)
+        data["changes"] = [Change(**c) for c in data.get("changes", [])]
+        data["skipped"] = [Skip(**s) for s in data.get("skipped", [])]
+        return cls(**data)
+
+
+def records(model: nn.Module) -> list[SurgeryRecord]:
+    """The surgeries applied to ``model``, oldest first (empty for an untouched model)."""
+    return list(getattr(model, RECORDS_ATTRIBUTE, []))
+
+
+def append_record(model: nn.Module, record: SurgeryRecord) -> None:
+    """Attach ``record`` to ``model`` (instance-level; nothing global is touched)."""
+    history = list(getattr(model, RECORDS_ATTRIBUTE, []))
+    history.append(record)
+    object.__setattr__(model, RECORDS_ATTRIBUTE, history)

@@ -1,0 +1,108 @@
+"""DCT and Walsh–Hadamard transforms against independent oracles (scipy, eq. 3.27 built by hand)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.linalg
+import torch
+
+from surgeon.ops.dct import dct, idct, resolve_engine
+from surgeon.ops.hadamard import fwht, kronecker_split
+
+SIZES = [1, 2, 3, 7, 64, 100, 1000, 1024, 4096]
+ENGINES = ["scipy", "torch"]
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _eq327(n: int) -> np.ndarray:
+    """DCT-II matrix written out from the thesis formula, entry by entry."""
+    c = np.empty((n, n))
+    for k in range(n):
+        eps = 1 / math.sqrt(2) if k == 0 else 1.0
+        for i in range(n):
+            c[k, i] = math.sqrt(2 / n) * eps * math.cos(math.pi * (2 * i + 1) * k / (2 * n))
+    return c
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_dct_matches_scipy(n, dtype, engine):
+    x = torch.randn(3, 5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    want2 = scipy.fft.dct(x.numpy(), type=2, norm="ortho", axis=-1)
+    want3 = scipy.fft.idct(x.numpy(), type=2, norm="ortho", axis=-1)
+    xin = x.to(dtype)
+    got2, got3 = dct(xin, engine=engine), idct(xin, engine=engine)
+    assert got2.dtype == dtype and got3.dtype == dtype
+    scale = max(1.0, float(np.abs(want2).max()))
+    np.testing.assert_allclose(got2.double().numpy(), want2, atol=TOL[dtype] * scale, rtol=0)
+    np.testing.assert_allclose(got3.double().numpy(), want3, atol=TOL[dtype] * scale, rtol=0)
+    assert torch.equal(xin, x.to(dtype)), "the transform must not modify its input"
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 33])
+def test_dct_equals_thesis_matrix(n):
+    x = torch.randn(4, n, dtype=torch.float64)
+    c = _eq327(n)
+    np.testing.assert_allclose(dct(x).numpy(), x.numpy() @ c.T, atol=1e-12)
+    np.testing.assert_allclose(idct(x).numpy(), x.numpy() @ c, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dct_gradcheck(engine):
+    x = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dct(t, engine=engine), (x,))
+    assert torch.autograd.gradcheck(lambda t: idct(t, engine=engine), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dct_reduced_precision_computes_in_fp32(dtype):
+    x = torch.randn(4, 256).to(dtype)
+    want = scipy.fft.dct(x.float().numpy(), norm="ortho", axis=-1)
+    got = dct(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.float().numpy(), want, atol=0.05, rtol=0.02)
+
+
+def test_engine_selection(monkeypatch):
+    x = torch.randn(2, 8)
+    assert resolve_engine(x) == "scipy"
+    monkeypatch.setenv("SURGEON_DCT_ENGINE", "torch")
+    assert resolve_engine(x) == "torch"
+    with pytest.raises(ValueError, match="unknown DCT engine"):
+        resolve_engine(x, "fftw")
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64, 256, 1024, 4096])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_fwht_matches_scipy_hadamard(n, normalized):
+    x = torch.randn(3, 2, n, dtype=torch.float64)
+    h = scipy.linalg.hadamard(n).astype(np.float64)
+    if normalized:
+        h /= math.sqrt(n)
+    np.testing.assert_allclose(fwht(x, normalized=normalized).numpy(), x.numpy() @ h, atol=1e-9 * math.sqrt(n))
+
+
+def test_fwht_large_uses_three_kronecker_factors():
+    n = 2**15
+    assert kronecker_split(n) == [128, 128, 2]
+    x = torch.randn(2, n, dtype=torch.float64)
+    # H_N = H_2 ⊗ H_{N/2}: the first half of the output is H(x_lo + x_hi), the second H(x_lo - x_hi).
+    lo, hi = x[:, : n // 2], x[:, n // 2:]
+    want = torch.cat([fwht(lo + hi), fwht(lo - hi)], -1)
+    torch.testing.assert_close(fwht(x), want)
+    torch.testing.assert_close(fwht(fwht(x, normalized=True), normalized=True), x)
+
+
+def test_fwht_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two"):
+        fwht(torch.randn(2, 12))
+
+
+def test_fwht_gradcheck_and_half():
+    x = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fwht(t, normalized=True), (x,))
+    y = fwht(torch.full((2, 4096), 60.0, dtype=torch.float16), normalized=True)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()

@@ -88,7 +88,7 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
 
         announce("DCT engines")
         rows_in = x.detach()
-        dcts = {name: measure(lambda f=f: f(rows_in), repeats=repeats, min_seconds=0.05)
+        dcts = {name: measure(lambda f=f, rows_in=rows_in: f(rows_in), repeats=repeats, min_seconds=0.05)
                 for name, f in (("scipy DCT", _scipy_dct), ("torch.fft DCT", _torch_fft_dct))}
         fastest_name = min(dcts, key=lambda k: dcts[k].median)
         two = Timing(2 * dcts[fastest_name].median, 2 * dcts[fastest_name].minimum,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from surgeon.ops.acdc import acdc_cascade_ref, canonical_activation
+from surgeon.ops.dispatch import acdc_cascade
 
 _MAX_DEPTH = 1024
 
@@ -89,7 +90,9 @@ class ACDCLinear(nn.Module):
             raise ValueError(f"ACDCLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
         if self.size > self.in_features:
             x = nn.functional.pad(x, (0, self.size - self.in_features))
-        y = acdc_cascade_ref(x, self.a, self.d, self.b, self.perms, self.activation)
+        # Triton on CUDA, torch elsewhere; ``layer.backend`` / SURGEON_BACKEND force either (surgeon.ops.dispatch).
+        y = acdc_cascade(x, self.a, self.d, self.b, self.perms, self.activation,
+                         backend=getattr(self, "backend", "auto"))
         return y[..., : self.out_features] if self.out_features < self.size else y
 
     @torch.no_grad()
@@ -98,7 +101,8 @@ class ACDCLinear(nn.Module):
         if self.activation != "none":
             raise ValueError(f"to_dense() needs a linear cascade (activation=None); this one uses {self.activation!r}")
         ref = self.a
-        probes = torch.cat([torch.zeros(1, self.in_features), torch.eye(self.in_features)]).to(ref.device, torch.float64)
+        probes = torch.cat([torch.zeros(1, self.in_features), torch.eye(self.in_features)])
+        probes = probes.to(ref.device, torch.float64)
         outputs = acdc_cascade_ref(nn.functional.pad(probes, (0, self.size - self.in_features)),
                                    self.a.double(), self.d.double(), None if self.b is None else self.b.double(),
                                    self.perms, "none")[:, : self.out_features]

@@ -1,0 +1,92 @@
+"""``surgeon bench``: the speed tables of the structured layers (CPU) and the Triton kernels (CUDA)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from surgeon.cli.failures import UsageError, run_guarded
+from surgeon.cli.options import JsonOption, QuietOption, parse_sizes
+from surgeon.cli.output import Output
+
+
+class BenchDevice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def rows_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    if not rows:
+        return table
+    for key in rows[0]:
+        table.add_column(key.replace("_", " "), justify="right" if isinstance(rows[0][key], float) else "left")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def bench_command(
+    device: Annotated[BenchDevice, typer.Option("--device", help="cpu: layers vs nn.Linear; cuda: Triton "
+                                                                  "kernels.")] = BenchDevice.cpu,
+    sizes: Annotated[str | None, typer.Option("--sizes", help="Comma-separated N values.")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Rows per call (default 256 on CPU, 4096 on "
+                                                               "CUDA).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement.")] = 5,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Time the structured layers against nn.Linear (ratios measured in this one run).
+
+    Example: surgeon bench --device cpu --sizes 4096,8192
+    """
+    out = Output(quiet, as_json)
+
+    def action() -> None:
+        if batch is not None and batch < 1:
+            raise UsageError(f"--batch must be positive, got {batch}")
+        if repeats < 1:
+            raise UsageError(f"--repeats must be positive, got {repeats}")
+        from surgeon.bench.layers import bench_layers, machine_description
+
+        with out.console.status("benchmarking", spinner="dots") if not (quiet or as_json) else _null() as status:
+            def note(what: str) -> None:
+                if status is not None:
+                    status.update(f"benchmarking {what}")
+
+            if device is BenchDevice.cpu:
+                rows = [r.to_dict() for r in bench_layers(
+                    parse_sizes(sizes) if sizes else (4096, 8192), batch=batch or 256, repeats=repeats,
+                    on_case=note)]
+                title = f"CPU, batch {batch or 256}, fp32 ({machine_description()})"
+            else:
+                from surgeon.bench.kernels import bench_kernels
+
+                rows = [dict(r) if isinstance(r, dict) else r.to_dict() for r in bench_kernels(
+                    device="cuda", sizes=parse_sizes(sizes) if sizes else (512, 1024, 2048, 4096, 8192),
+                    batch=batch or 4096)]
+                title = f"CUDA kernels, batch {batch or 4096}"
+        out.show(rows_table(title, rows))
+        out.data(rows)
+
+    run_guarded(out, action)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,71 @@
+"""Output paths: refuse to clobber, write atomically, never touch the input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+
+from surgeon.cli.failures import InputError, UsageError
+
+
+def default_output(model_spec: str, tag: str, suffix: str = ".safetensors") -> str:
+    """``dir/stem.tag.safetensors`` beside the input (in the working directory for ``example:NAME``)."""
+    if model_spec.startswith("example:"):
+        return f"{model_spec.split(':', 1)[1]}.{tag}{suffix}"
+    stem = os.path.basename(model_spec)
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return os.path.join(os.path.dirname(model_spec), f"{stem}.{tag}{suffix}")
+
+
+def check_output(path: str, *, force: bool, inputs: tuple[str, ...] = (), suffixes: tuple[str, ...] = ()) -> str:
+    """Validate ``path`` before any work is done, so a failing command never leaves a partial file."""
+    if suffixes and not path.endswith(suffixes):
+        raise UsageError(f"output {path} must end with {' or '.join(suffixes)}")
+    absolute = os.path.abspath(path)
+    if any(os.path.exists(i) and os.path.abspath(i) == absolute for i in inputs):
+        raise UsageError(f"output {path} is the input file; the input is never modified, choose another path")
+    if os.path.isdir(path):
+        raise InputError(f"output {path} is a directory")
+    if os.path.exists(path) and not force:
+        raise InputError(f"output {path} already exists; pass --force to overwrite it")
+    directory = os.path.dirname(absolute)
+    if not os.path.isdir(directory):
+        raise InputError(f"output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise InputError(f"output directory {directory} is not writable")
+    return path
+
+
+def write_atomically(path: str, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".surgeon-", suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def save_model(model, path: str, *, arch: str | None, dtype=None) -> int:
+    """Write ``model`` to ``path`` by its extension: ``.safetensors`` (weights + recipe; the original
+    architecture's spec is recorded) or ``.pt`` (a whole pickled module). Returns the bytes written."""
+    import torch
+    from surgeon.cli.models import ARCH_METADATA_KEY
+
+    from surgeon.io.checkpoint import save
+
+    if path.endswith(".safetensors"):
+        metadata = {ARCH_METADATA_KEY: arch} if arch else None
+        return save(model, path, dtype=dtype, metadata=metadata)
+    if dtype is not None:
+        raise UsageError("--dtype applies to .safetensors outputs only")
+    write_atomically(path, lambda tmp: torch.save(model, tmp))
+    return os.path.getsize(path)

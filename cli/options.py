@@ -1,0 +1,72 @@
+"""Option types shared by the commands, and parsers for their values."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import typer
+from surgeon.cli.failures import UsageError
+
+ArchOption = Annotated[str | None, typer.Option(
+    "--arch", help="Architecture to build: package.module:factory (called with no arguments) or example:NAME.")]
+TrustOption = Annotated[bool, typer.Option(
+    "--trust", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json data).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+OutputOption = Annotated[str | None, typer.Option("--output", "-o", help="Output file.")]
+InputShapeOption = Annotated[str | None, typer.Option(
+    "--input-shape", help="Example input shape, comma-separated, e.g. 1,3,224,224.")]
+IncludeOption = Annotated[list[str] | None, typer.Option(
+    "--include", help="Regex (re.fullmatch on module names) of layers to transform; repeatable.")]
+ExcludeOption = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="Regex of layers to leave untouched; repeatable.")]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for permutations and initialisation.")]
+
+MAX_DEPTH = 1024
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_depth(text: str) -> int | str:
+    """``auto`` or an integer in [1, 1024]."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        depth = int(text)
+    except ValueError:
+        raise UsageError(f"--depth must be an integer or 'auto', got {text!r}") from None
+    if not 1 <= depth <= MAX_DEPTH:
+        raise UsageError(f"--depth must be between 1 and {MAX_DEPTH}, got {depth}")
+    return depth
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise UsageError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+def parse_dtype(text: str | None) -> torch.dtype | None:
+    if text is None:
+        return None
+    if text.lower() not in _DTYPES:
+        raise UsageError(f"--dtype must be one of fp32, fp16, bf16, got {text!r}")
+    return _DTYPES[text.lower()]
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(s < 1 or s > 1 << 16 for s in sizes):
+        raise UsageError(f"--sizes must be integers between 1 and 65536, got {text!r}")
+    return sizes

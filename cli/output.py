@@ -1,0 +1,42 @@
+"""The one place the CLI prints: rich tables and messages to stdout, errors to stderr, JSON when asked."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+class Output:
+    """Rendering for one command invocation; ``quiet`` silences everything but data and errors."""
+
+    def __init__(self, quiet: bool = False, as_json: bool = False) -> None:
+        self.quiet, self.as_json = quiet, as_json
+        self.console = Console(highlight=False)
+        self.errors = Console(stderr=True, highlight=False)
+
+    def info(self, message: str) -> None:
+        if not self.quiet and not self.as_json:
+            self.console.print(message)
+
+    def show(self, renderable: Any) -> None:
+        """A table or other rich renderable — the command's human-readable result."""
+        if not self.quiet and not self.as_json:
+            self.console.print(renderable)
+
+    def data(self, payload: Any) -> None:
+        """The command's machine-readable result (always printed with ``--json``)."""
+        if self.as_json:
+            sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.errors.print(f"[yellow]warning:[/yellow] {message}")
+
+    def error(self, message: str) -> None:
+        self.errors.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+
+    def progress_enabled(self) -> bool:
+        return not self.quiet and not self.as_json and self.errors.is_terminal

@@ -1,0 +1,30 @@
+"""Triton kernels for the structured layers (installed as ``surgeon.kernels``).
+
+Liger-style layout: ``kernels/<op>.py`` holds the Triton kernels, their host launchers and an
+``autograd.Function``. Use them through :mod:`surgeon.ops.dispatch`, which picks Triton or the pure-torch
+``*_ref`` path per call. Triton decides between compiling and interpreting (``TRITON_INTERPRET=1``) when a kernel
+is *decorated*, i.e. when these modules are imported; :func:`ensure_mode` re-imports them if the setting changed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from surgeon.kernels import acdc, fastfood
+from surgeon.kernels.acdc import acdc_cascade_triton, acdc_factor_triton
+from surgeon.kernels.fastfood import fastfood_triton
+
+__all__ = ["acdc", "acdc_cascade_triton", "acdc_factor_triton", "ensure_mode", "fastfood", "fastfood_triton"]
+
+
+def ensure_mode() -> tuple[ModuleType, ModuleType]:
+    """``(acdc, fastfood)`` kernel modules decorated for the current ``TRITON_INTERPRET`` setting."""
+    global acdc, fastfood
+    from triton import knobs
+
+    mode = bool(knobs.runtime.interpret)
+    if mode not in (acdc.INTERPRET, fastfood.INTERPRET) or acdc.INTERPRET != fastfood.INTERPRET:
+        acdc = importlib.reload(acdc)
+        fastfood = importlib.reload(fastfood)
+    return acdc, fastfood

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from surgeon.layers.acdc import _generator, check_features
+from surgeon.ops.dispatch import fastfood
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import next_power_of_two
 
@@ -62,7 +63,8 @@ class FastfoodLinear(nn.Module):
             raise ValueError(f"FastfoodLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
         if self.d > self.in_features:
             x = nn.functional.pad(x, (0, self.d - self.in_features))
-        y = fastfood_ref(x, self.scale, self.gauss, self.binary, self.perm)[..., : self.out_features]
+        y = fastfood(x, self.scale, self.gauss, self.binary, self.perm,
+                     backend=getattr(self, "backend", "auto"))[..., : self.out_features]
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()

@@ -101,31 +101,40 @@ def _cascade_forward(x, a, d, b, perms, activation, keep: bool):
     return h, inputs, spectra
 
 
+# Rows processed together: small enough that a block and its intermediates stay in L2 cache, large enough that
+# per-call overheads of the transforms vanish. Deep cascades are memory-bound, so this matters more than FLOPs.
+_BLOCK_BYTES = 1 << 19
+
+
+def _row_blocks(m: int, n: int, itemsize: int) -> list[slice]:
+    rows = max(1, _BLOCK_BYTES // max(1, n * itemsize))
+    return [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
+
+
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                          perms: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N)."""
-    return _cascade_forward(x, a, d, b, perms, activation, keep=False)[0]
+    blocks = _row_blocks(*x.shape, x.element_size())
+    if len(blocks) == 1:
+        return _cascade_forward(x, a, d, b, perms, activation, keep=False)[0]
+    out = torch.empty_like(x)
+    for rows in blocks:
+        out[rows] = _cascade_forward(x[rows], a, d, b, perms, activation, keep=False)[0]
+    return out
 
 
-def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
-                          b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
-    """Gradients of a cascade, recomputing the intermediates from ``x``.
-
-    Returns ``(dx, da, db_diag, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None.
-    """
+def _cascade_backward_block(grad, x, a, d, b, perms, inverse, activation, grads):
     depth = a.shape[0]
     _, inputs, spectra = _cascade_forward(x, a, d, b, perms, activation, keep=True)
-    inverse = None if perms is None else torch.argsort(perms, dim=-1)
-    grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)
-    grad_b = None if b is None else torch.empty_like(b)
+    grad_a, grad_d, grad_b = grads
     g = grad
     for k in range(depth - 1, -1, -1):
         g3 = dct(g)
         if grad_b is not None:
-            grad_b[k] = g3.sum(0)
-        grad_d[k] = (spectra[k] * g3).sum(0)
+            grad_b[k] += g3.sum(0)
+        grad_d[k] += (spectra[k] * g3).sum(0)
         g1 = idct(g3 * d[k])
-        grad_a[k] = (inputs[k] * g1).sum(0)
+        grad_a[k] += (inputs[k] * g1).sum(0)
         g = g1 * a[k]
         if k > 0:
             post = inputs[k]
@@ -134,7 +143,26 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
             slope = _activation_slope(post, activation)
             if slope is not None:
                 g = g * slope
-    return g, grad_a, grad_d, grad_b
+    return g
+
+
+def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
+                          b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
+    """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
+
+    Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Rows are processed in
+    cache-sized blocks; only one block's intermediates exist at a time.
+    """
+    inverse = None if perms is None else torch.argsort(perms, dim=-1)
+    grads = (torch.zeros_like(a), torch.zeros_like(d), None if b is None else torch.zeros_like(b))
+    blocks = _row_blocks(*x.shape, x.element_size())
+    if len(blocks) == 1:
+        dx = _cascade_backward_block(grad, x, a, d, b, perms, inverse, activation, grads)
+    else:
+        dx = torch.empty_like(x)
+        for rows in blocks:
+            dx[rows] = _cascade_backward_block(grad[rows], x[rows], a, d, b, perms, inverse, activation, grads)
+    return (dx, *grads)
 
 
 class _ACDCCascade(torch.autograd.Function):

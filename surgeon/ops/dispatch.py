@@ -1,0 +1,248 @@
+"""Backend dispatch for the structured layers: fused Triton kernels or the pure-torch ``*_ref`` path.
+
+Each op is a ``torch.library.custom_op`` (``surgeon::acdc_cascade``, ``surgeon::fastfood`` and their
+``*_backward``) with a fake (meta) implementation and a registered autograd formula, so ``torch.compile`` sees
+one opaque node per layer and traces a converted model without graph breaks. The choice of backend happens
+inside the op, at run time:
+
+* ``backend`` argument (layers: the ``backend`` attribute) ``"triton"`` / ``"torch"`` forces one;
+* else the ``SURGEON_BACKEND`` environment variable (``triton`` / ``torch`` / ``auto``);
+* ``"auto"``: Triton for CUDA tensors whose size and dtype the kernels support, torch otherwise.
+
+Sizes or dtypes the kernels do not cover (non powers of two, N > 16384, fp64) always take the torch path, even
+when Triton is forced — never a wrong answer. Forcing Triton for CPU tensors works only under the Triton
+interpreter (``TRITON_INTERPRET=1``) and raises a clear error otherwise. Both paths save only the inputs for
+backward and recompute the intermediates.
+"""
+
+import os
+from typing import Literal
+
+import torch
+
+from surgeon.ops.acdc import acdc_cascade_backward as _acdc_bwd_ref
+from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
+from surgeon.ops.acdc import canonical_activation
+from surgeon.ops.fastfood import fastfood_ref
+from surgeon.ops.hadamard import fwht
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS = ("auto", "triton", "torch")
+ENV_VAR = "SURGEON_BACKEND"
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    from triton import knobs
+
+    return bool(knobs.runtime.interpret)
+
+
+def resolve_backend(x: torch.Tensor, backend: str = "auto", n: int | None = None) -> str:
+    """``"triton"`` or ``"torch"``: the path a call with input ``x`` (rows of size ``n``) takes."""
+    choice = (backend or "auto").lower()
+    if choice == "auto":
+        choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown backend {choice!r}; expected one of {', '.join(BACKENDS)} (argument or {ENV_VAR})")
+    if choice == "torch":
+        return "torch"
+    n = x.shape[-1] if n is None else n
+    from_size = 16 <= n <= 16384 and n & (n - 1) == 0 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if not from_size:
+        return "torch"
+    if choice == "auto":
+        return "triton" if x.is_cuda and _triton_importable() else "torch"
+    if not _triton_importable():
+        raise RuntimeError("backend 'triton' was requested but triton is not installed")
+    if x.is_cuda:
+        return "triton"
+    if x.device.type == "cpu" and _interpreting():
+        return "triton"
+    raise RuntimeError(f"backend 'triton' needs CUDA tensors (got {x.device}); on CPU it runs only under the Triton "
+                       "interpreter: set TRITON_INTERPRET=1 before importing triton, or use backend='torch'")
+
+
+def _kernels():
+    from surgeon.kernels import ensure_mode
+
+    return ensure_mode()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ------------------------------------------------------------------------------------------------------ ACDC
+
+
+@torch.library.custom_op("surgeon::acdc_cascade", mutates_args=())
+def _acdc_cascade_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                     perms: torch.Tensor | None, activation: str, backend: str) -> torch.Tensor:
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    if resolve_backend(x, backend) == "triton":
+        out = _kernels()[0].acdc_cascade_forward(rows, a, d, b, perms, activation)
+    else:
+        c = _compute_dtype(x.dtype)
+        out = _acdc_fwd_ref(rows.to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms, activation)
+    return out.to(x.dtype).reshape(x.shape)
+
+
+@_acdc_cascade_op.register_fake
+def _(x, a, d, b, perms, activation, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("surgeon::acdc_cascade_backward", mutates_args=())
+def _acdc_cascade_backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
+                              b: torch.Tensor | None, perms: torch.Tensor | None, activation: str,
+                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = x.shape[-1]
+    rows, grows = x.reshape(-1, n), grad.reshape(-1, n)
+    if resolve_backend(x, backend) == "triton":
+        dx, da, dd, db = _kernels()[0].acdc_cascade_backward(grows, rows, a, d, b, perms, activation)
+    else:
+        c = _compute_dtype(x.dtype)
+        dx, da, dd, db = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
+                                       None if b is None else b.to(c), perms, activation)
+    db = a.new_empty(0) if db is None else db.to(b.dtype)
+    return dx.to(x.dtype).reshape(x.shape), da.to(a.dtype), dd.to(d.dtype), db
+
+
+@_acdc_cascade_backward_op.register_fake
+def _(grad, x, a, d, b, perms, activation, backend):
+    return torch.empty_like(x), torch.empty_like(a), torch.empty_like(d), (a.new_empty(0) if b is None
+                                                                           else torch.empty_like(b))
+
+
+def _acdc_setup(ctx, inputs, output):
+    x, a, d, b, perms, activation, backend = inputs
+    ctx.has_bias = b is not None
+    ctx.activation, ctx.backend = activation, backend
+    ctx.save_for_backward(x, a, d, b, perms)
+
+
+def _acdc_backward(ctx, grad):
+    x, a, d, b, perms = ctx.saved_tensors
+    dx, da, dd, db = _acdc_cascade_backward_op(grad, x, a, d, b, perms, ctx.activation, ctx.backend)
+    return dx, da, dd, (db if ctx.has_bias else None), None, None, None
+
+
+_acdc_cascade_op.register_autograd(_acdc_backward, setup_context=_acdc_setup)
+
+
+def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                 perms: torch.Tensor | None, activation: str | None = "relu",
+                 backend: Backend = "auto") -> torch.Tensor:
+    """ACDC cascade (same contract as ``acdc_cascade_ref``) on the chosen backend.
+
+    x (..., N); a, d (K, N); b (K, N) or None; perms (K-1, N) int64 or None -> (..., N) in ``x.dtype``.
+    Every factor is ``y = Cᵀ(C(z ⊙ a_k) ⊙ d_k + b_k)``; between factors ``z = act(y)[perm_k]`` (eq. 3.24).
+    """
+    activation = canonical_activation(activation)
+    n = x.shape[-1]
+    if a.shape != d.shape or a.dim() != 2 or a.shape[1] != n:
+        raise ValueError(f"diagonals must both be (K, {n}); got {tuple(a.shape)} and {tuple(d.shape)}")
+    if b is not None and b.shape != a.shape:
+        raise ValueError(f"bias must be {tuple(a.shape)}; got {tuple(b.shape)}")
+    if perms is not None and (a.shape[0] < 2 or perms.shape != (a.shape[0] - 1, n)):
+        perms = None if a.shape[0] < 2 else perms
+        if perms is not None:
+            raise ValueError(f"perms must be ({a.shape[0] - 1}, {n}); got {tuple(perms.shape)}")
+    return _acdc_cascade_op(x, a, d, b, perms, activation, backend)
+
+
+def acdc_factor(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None = None,
+                backend: Backend = "auto") -> torch.Tensor:
+    """One ACDC factor ``IDCT(DCT(x ⊙ a) ⊙ d + b)``: x (..., N); a, d, b (N,) -> (..., N)."""
+    return acdc_cascade(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none",
+                        backend)
+
+
+# -------------------------------------------------------------------------------------------------- Fastfood
+
+
+@torch.library.custom_op("surgeon::fastfood", mutates_args=())
+def _fastfood_op(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor,
+                 perm: torch.Tensor, backend: str) -> torch.Tensor:
+    n = x.shape[-1]
+    if resolve_backend(x, backend) == "triton":
+        out = _kernels()[1].fastfood_forward(x.reshape(-1, n), scale, gauss, binary, perm)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+    with torch.no_grad():
+        return fastfood_ref(x, scale, gauss, binary, perm)
+
+
+@_fastfood_op.register_fake
+def _(x, scale, gauss, binary, perm, backend):
+    return x.new_empty((*x.shape[:-1], scale.shape[0] * x.shape[-1]))
+
+
+@torch.library.custom_op("surgeon::fastfood_backward", mutates_args=())
+def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor,
+                          binary: torch.Tensor, perm: torch.Tensor,
+                          backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = x.shape[-1]
+    if resolve_backend(x, backend) == "triton":
+        dx, ds, dg, db = _kernels()[1].fastfood_backward(grad.reshape(x.reshape(-1, n).shape[0], -1),
+                                                         x.reshape(-1, n), scale, gauss, binary, perm)
+        return dx.reshape(x.shape), ds, dg, db
+    return _fastfood_backward_torch(grad, x, scale, gauss, binary, perm)
+
+
+def _fastfood_backward_torch(grad, x, scale, gauss, binary, perm):
+    """Eq. 3.13 with Ĥ symmetric, recomputing ``u = Ĥ B x`` and ``q = Ĥ G Π u`` from ``x``."""
+    blocks, n = scale.shape
+    c = _compute_dtype(x.dtype)
+    rows = x.reshape(-1, 1, n).to(c)
+    g = grad.reshape(rows.shape[0], blocks, n).to(c)
+    s, ga, bi = scale.to(c), gauss.to(c), binary.to(c)
+    index = perm.unsqueeze(0).expand(rows.shape[0], blocks, n)
+    u = fwht(rows * bi, normalized=True)
+    w = torch.gather(u, -1, index)
+    q = fwht(w * ga, normalized=True)
+    gw = fwht(g * s, normalized=True)
+    gu = torch.zeros_like(gw).scatter_(-1, index, gw * ga)
+    gv = fwht(gu, normalized=True)
+    dx = (gv * bi).sum(1).reshape(x.shape)
+    return (dx.to(x.dtype), (g * q).sum(0).to(scale.dtype), (gw * w).sum(0).to(gauss.dtype),
+            (gv * rows).sum(0).to(binary.dtype))
+
+
+@_fastfood_backward_op.register_fake
+def _(grad, x, scale, gauss, binary, perm, backend):
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(gauss), torch.empty_like(binary)
+
+
+def _fastfood_setup(ctx, inputs, output):
+    x, scale, gauss, binary, perm, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(x, scale, gauss, binary, perm)
+
+
+def _fastfood_backward(ctx, grad):
+    x, scale, gauss, binary, perm = ctx.saved_tensors
+    dx, ds, dg, db = _fastfood_backward_op(grad, x, scale, gauss, binary, perm, ctx.backend)
+    return dx, ds, dg, db, None, None
+
+
+_fastfood_op.register_autograd(_fastfood_backward, setup_context=_fastfood_setup)
+
+
+def fastfood(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor, perm: torch.Tensor,
+             backend: Backend = "auto") -> torch.Tensor:
+    """``S Ĥ G Π Ĥ B x`` over stacked blocks (same contract as ``fastfood_ref``) on the chosen backend.
+
+    x (..., d); scale, gauss, binary, perm (blocks, d) -> (..., blocks·d) in ``x.dtype``.
+    """
+    if scale.dim() != 2 or scale.shape[1] != x.shape[-1]:
+        raise ValueError(f"diagonals must be (blocks, {x.shape[-1]}); got {tuple(scale.shape)}")
+    return _fastfood_op(x, scale, gauss, binary, perm, backend)

@@ -1,0 +1,198 @@
+"""Noisy / mollified LSTM and GRU: weight transfer from torch and gate wiring."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from surgeon.noise import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
+
+CONFIGS = [
+    {},
+    {"num_layers": 2, "bidirectional": True, "batch_first": True},
+    {"num_layers": 2, "bias": False},
+    {"num_layers": 3, "dropout": 0.3, "bidirectional": True},
+]
+
+
+def _close(a, b, tol=1e-5):
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_soft_gates_reproduce_torch(kind, cfg):
+    torch.manual_seed(0)
+    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(5, 7, **cfg).eval()
+    ours = (NoisyLSTM if kind == "lstm" else NoisyGRU).from_torch(ref, gates="soft")
+    assert not ours.training
+    n_states = cfg.get("num_layers", 1) * (2 if cfg.get("bidirectional") else 1)
+    x = torch.randn(4, 9, 5) if cfg.get("batch_first") else torch.randn(9, 4, 5)
+    h0 = torch.randn(n_states, 4, 7)
+    hx = (h0, torch.randn(n_states, 4, 7)) if kind == "lstm" else h0
+    for args in ((x,), (x, hx)):
+        out_ref, st_ref = ref(*args)
+        out, st = ours(*args)
+        _close(out, out_ref)
+        if kind == "lstm":
+            _close(st[0], st_ref[0])
+            _close(st[1], st_ref[1])
+        else:
+            _close(st, st_ref)
+    # unbatched input
+    xu = torch.randn(6, 5)
+    _close(ours(xu)[0], ref(xu)[0])
+
+
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_packed_sequences(kind, enforce_sorted):
+    torch.manual_seed(1)
+    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(3, 4, num_layers=2, bidirectional=True)
+    ours = (NoisyLSTM if kind == "lstm" else NoisyGRU).from_torch(ref, gates="soft")
+    lengths = torch.tensor([7, 5, 5, 2]) if enforce_sorted else torch.tensor([3, 7, 1, 5])
+    x = torch.randn(7, 4, 3)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    h0 = torch.randn(4, 4, 4)
+    hx = (h0, torch.randn(4, 4, 4)) if kind == "lstm" else h0  # given in the original batch order
+    for args in ((packed,), (packed, hx)):
+        out_ref, st_ref = ref(*args)
+        out, st = ours(*args)
+        assert torch.equal(out.batch_sizes, out_ref.batch_sizes)
+        _close(out.data, out_ref.data)
+        pad, _ = pad_packed_sequence(out)
+        pad_ref, _ = pad_packed_sequence(out_ref)
+        _close(pad, pad_ref)
+        states = zip(st if kind == "lstm" else (st,), st_ref if kind == "lstm" else (st_ref,), strict=True)
+        for a, b in states:
+            _close(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cells_reproduce_torch(bias):
+    torch.manual_seed(2)
+    lref, gref = nn.LSTMCell(5, 6, bias=bias), nn.GRUCell(5, 6, bias=bias)
+    lcell, gcell = NoisyLSTMCell.from_torch(lref, gates="soft"), NoisyGRUCell.from_torch(gref, gates="soft")
+    x, h, c = torch.randn(3, 5), torch.randn(3, 6), torch.randn(3, 6)
+    for a, b in zip(lcell(x, (h, c)), lref(x, (h, c)), strict=True):
+        _close(a, b)
+    for a, b in zip(lcell(x), lref(x), strict=True):
+        _close(a, b)
+    _close(gcell(x, h), gref(x, h))
+    _close(gcell(x[0]), gref(x[0]))
+
+
+def test_state_dict_names_match_torch_both_ways():
+    ref = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ours = NoisyLSTM(3, 4, num_layers=2, bidirectional=True, gates="noisy")
+    ref_keys = set(ref.state_dict())
+    our_keys = set(ours.state_dict())
+    assert ref_keys <= our_keys
+    assert all(k.startswith("gate_activations.") for k in our_keys - ref_keys)
+    res = ref.load_state_dict(ours.state_dict(), strict=False)  # back to torch
+    assert not res.missing_keys
+    assert torch.equal(ref.weight_hh_l1_reverse, ours.weight_hh_l1_reverse)
+    with pytest.raises(NotImplementedError):
+        NoisyLSTM.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(TypeError):
+        NoisyGRU.from_torch(ref)
+
+
+def np_sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def np_noisy_eval(x, p, kind, c, alpha, mode):
+    """Expectation form (eq. 4.17) of the noisy hard sigmoid / tanh."""
+    h = np.clip(0.25 * x + 0.5, 0, 1) if kind == "sigmoid" else np.clip(x, -1, 1)
+    u = 0.25 * x + 0.5 if kind == "sigmoid" else x
+    sigma = c * (np_sig(p * (h - u)) - 0.5) ** 2
+    d = -np.where(x >= 0, 1.0, -1.0) * (1.0 if 1 - alpha >= 0 else -1.0)
+    eps = 0.0 if mode == "nan" else math.sqrt(2 / math.pi)
+    return alpha * h + (1 - alpha) * u + d * sigma * eps
+
+
+def test_noisy_lstm_cell_gate_wiring_in_eval():
+    torch.manual_seed(3)
+    cell = NoisyLSTMCell(4, 3, gates="noisy").double().eval()
+    with torch.no_grad():
+        for w in (cell.weight_ih, cell.weight_hh):
+            w.mul_(6.0)  # push the gates into saturation so the noisy terms matter
+    x, h, c = (
+        torch.randn(5, 4, dtype=torch.float64),
+        torch.randn(5, 3, dtype=torch.float64),
+        torch.randn(5, 3, dtype=torch.float64),
+    )
+    h1, c1 = cell(x, (h, c))
+    acts = cell.gate_activations.acts
+    g = (x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh).detach().numpy()
+    gi, gf, gg, go = np.split(g, 4, axis=1)
+
+    def act(name, z):
+        m = acts[name]
+        kind = "sigmoid" if name in "ifo" else "tanh"
+        return np_noisy_eval(z, m.p.detach().numpy(), kind, m.c.item(), m.alpha, m.mode)
+
+    c_exp = act("f", gf) * c.numpy() + act("i", gi) * act("g", gg)
+    h_exp = act("o", go) * act("c", c_exp)
+    np.testing.assert_allclose(c1.detach().numpy(), c_exp, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h1.detach().numpy(), h_exp, rtol=1e-12, atol=1e-12)
+    # 5 distinct activation modules, each with its own per-unit p
+    assert sorted(acts.keys()) == ["c", "f", "g", "i", "o"] and acts["i"].p.shape == (3,)
+
+
+def test_hard_gru_cell_wiring():
+    torch.manual_seed(4)
+    cell = NoisyGRUCell(4, 3, gates="hard").double()
+    x, h = torch.randn(5, 4, dtype=torch.float64) * 3, torch.randn(5, 3, dtype=torch.float64)
+    gi = (x @ cell.weight_ih.T + cell.bias_ih).detach().numpy()
+    gh = (h @ cell.weight_hh.T + cell.bias_hh).detach().numpy()
+    hs = lambda z: np.clip(0.25 * z + 0.5, 0, 1)  # noqa: E731
+    r = hs(gi[:, :3] + gh[:, :3])
+    z = hs(gi[:, 3:6] + gh[:, 3:6])
+    n = np.clip(gi[:, 6:] + r * gh[:, 6:], -1, 1)
+    np.testing.assert_allclose(
+        cell(x, h).detach().numpy(), (1 - z) * n + z * h.numpy(), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_mollified_gates_at_p_zero_are_the_soft_network(kind):
+    torch.manual_seed(5)
+    ref = (nn.LSTM if kind == "lstm" else nn.GRU)(3, 5, num_layers=2, batch_first=True)
+    ours = (NoisyLSTM if kind == "lstm" else NoisyGRU).from_torch(
+        ref, gates="mollified", gate_kwargs={"p": 0.0, "c": 50.0}
+    )
+    ours.train()  # noise is drawn, but p = 0 switches it off exactly
+    x = torch.randn(2, 6, 3)
+    _close(ours(x)[0], ref(x)[0], tol=1e-6)
+    for m in ours.modules():
+        if hasattr(m, "set_noise_level") and m.anneals_level:
+            m.set_noise_level(1.0)
+    assert (ours(x)[0] - ref(x)[0]).abs().max() > 1e-3  # p = 1 changes the network
+
+
+def test_noisy_training_is_seeded_and_differentiable():
+    torch.manual_seed(6)
+    lstm = NoisyLSTM(
+        3, 4, num_layers=2, bidirectional=True, gates="noisy", gate_kwargs={"mode": "nan", "c": 5.0}
+    ).train()
+    x = torch.randn(8, 2, 3) * 4
+    torch.manual_seed(7)
+    out1, _ = lstm(x)
+    torch.manual_seed(7)
+    out2, _ = lstm(x)
+    assert torch.equal(out1, out2)
+    out3, _ = lstm(x)
+    assert not torch.equal(out1, out3)
+    out1.square().sum().backward()
+    assert lstm.weight_ih_l0.grad.abs().sum() > 0
+    assert lstm.gate_activations[1].acts["f_reverse"].p.grad is not None
+    assert torch.equal(lstm.eval()(x)[0], lstm(x)[0])  # eval is deterministic
+    cfg = lstm.config()
+    assert cfg["gates"] == "noisy" and cfg["gate_kwargs"] == {"mode": "nan", "c": 5.0}

@@ -102,6 +102,7 @@ def convert_command(
         check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
         calibration = load_calibration(calib) if calib else None
         loaded = load_model(model, arch=arch, trust=trust)
+        out.info(f"loaded {model} ({loaded.kind}); converting with {linear.value}, init={init.value}")
         if target.endswith(".pt") and loaded.kind != "pickle":
             raise UsageError("a .pt output holds a pickled module and needs a pickled (--trust) input; "
                              "use a .safetensors output")
@@ -110,7 +111,11 @@ def convert_command(
             kwargs["max_error"] = max_error
         converted = convert(loaded.model, linear=linear.value, include=include or None, exclude=exclude or None,
                             init=init.value, calibration=calibration, seed=seed, **kwargs)
-        converted.eval()
+        change_count = len(records(converted)[-1].changes)
+        if change_count == 0:
+            skipped = records(converted)[-1].skipped
+            why = f"; skipped: {skipped[0].name} ({skipped[0].reason})" if skipped else ""
+            raise InputError(f"nothing to convert in {model}: no nn.Linear layer was selected{why}")
         size = save_model(converted, target, arch=loaded.arch)
         inputs = example_inputs(loaded, parse_shape(input_shape))
         result = report(converted, baseline=loaded.model, example_inputs=inputs)

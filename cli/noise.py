@@ -66,7 +66,7 @@ def noisify_command(
     out = Output(quiet, as_json)
 
     def action() -> None:
-        from surgeon.noise.surgery import noisify
+        from surgeon.surgery.noisify import noisify
 
         target = output or default_output(model, f"noisy-{mode.value}")
         check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
@@ -102,7 +102,7 @@ def mollify_command(
     out = Output(quiet, as_json)
 
     def action() -> None:
-        from surgeon.noise.surgery import mollify
+        from surgeon.surgery.mollify import mollify
 
         target = output or default_output(model, "mollified")
         check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))

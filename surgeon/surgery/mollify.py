@@ -1,0 +1,326 @@
+"""``mollify``: turn a network into a mollifying network (thesis §4.4, Algorithm 2, eqs. 4.24–4.30).
+
+Two changes, both controlled per layer l by the noise level p^l that an
+:class:`~surgeon.noise.Annealer` anneals from 1 to 0 (eq. 4.31, ``p_t^l = 1 − exp(−k v_t l / (t L))``):
+
+1. **Mollified activations** (eqs. 4.24–4.26). Every selected sigmoid / tanh / ReLU (``nn.Sigmoid``,
+   ``nn.Tanh``, ``nn.ReLU`` modules; ``torch.*`` / ``F.*`` calls and ``x.sigmoid()``-style methods when the
+   model traces) becomes :class:`~surgeon.noise.MollifiedActivation`::
+
+       Δ = u(x) − f(x),   σ(x) = (sigmoid(a_i Δ) − 0.5)²,   s = p^l c σ(x) |ξ|,
+       ψ(x) = sgn(u(x)) · min(|u(x)|, |f(x) + sgn(u(x)) s|)
+
+   so p^l c large gives the linearisation u and p^l = 0 gives the original f. ``nn.LSTM`` / ``nn.GRU`` (and
+   cells) get mollified gates (§4.4.3.2) through :mod:`surgeon.noise.recurrent`, weights transferred.
+
+2. **Stochastic skipping** (``skip=True``, eqs. 4.27–4.30)::
+
+       h^l = π^l ⊙ h^{l−1} + (1 − π^l) ⊙ ψ(block(h^{l−1})),   π^l ~ Bernoulli(p^l)
+
+   What a *block* is (the thesis leaves it to the model, §4.4.3): a run of consecutive children of an
+   ``nn.Sequential`` made of one weight layer — ``nn.Linear`` (or any layer with ``in_features`` /
+   ``out_features``, e.g. ACDC / Fastfood), or ``nn.Conv1d/2d/3d`` that keeps the spatial size (stride 1 and
+   "same" padding) — followed by any norm / dropout / identity layers and closed by an activation this call
+   mollifies. Its input and output then differ at most in the unit dimension (features, or channels for conv
+   maps), which :class:`~surgeon.noise.StochasticSkip` zero-pads or truncates. The run is replaced in place:
+   the weight layer's slot holds ``StochasticSkip(Sequential(weight, ..., MollifiedActivation))`` and the
+   other slots hold ``nn.Identity`` (so later children keep their names, e.g. the classifier stays ``net.4``).
+   A block is wrapped only when the Sequential is run as a whole (or the model is an ``fx.GraphModule`` that
+   calls its children in that chain), its modules are not shared, and its activation was selected; other
+   mollified activations get no skip. Each record change of a wrapped block says so.
+
+Layers are numbered 1, 2, … from the input in the order the forward pass reaches the selected sites (graph
+order; module order when the model cannot be traced): one number per activation site (a block shares its
+activation's number), ``num_layers`` numbers for a recurrent module (one per RNN layer). The numbers are
+stored on the modules' ``layer`` attribute, so ``Annealer(model, "loss-exp")`` anneals lower layers faster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from surgeon.errors import ConfigError
+from surgeon.noise.mollified import MOLLIFIED_KINDS, MollifiedActivation
+from surgeon.noise.skip import StochasticSkip
+from surgeon.surgery.engine import apply_surgery
+from surgeon.surgery.noisify import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_MODULES,
+    NOISE_LEAVES,
+    RECURRENT,
+    SHARED,
+    Units,
+    activation_kind,
+    call_input,
+    check_json,
+    execution_order,
+    overridden_forward,
+    prune_noise_skips,
+    recurrent_refusal,
+    reference_device,
+    site_units,
+)
+from surgeon.surgery.record import Change
+from surgeon.surgery.rules import Rule, Site, SurgeryContext
+from surgeon.surgery.select import FilterFn, Pattern
+
+__all__ = ["DEFAULT_C", "mollify"]
+
+#: The thesis gives no value for c; 100 makes ψ essentially linear at p = 1 for pre-activations of order 1–10
+#: (the default of :class:`~surgeon.noise.MollifiedActivation`).
+DEFAULT_C = 100.0
+
+# Layers allowed between the weight layer and the activation of a block: they keep the unit axis.
+_BLOCK_INNER: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _keeps_spatial_size(conv: nn.Module) -> bool:
+    """Whether a convolution maps (N, C_in, *S) to (N, C_out, *S): stride 1 and out = in + 2p − d(k − 1) = in."""
+    if any(s != 1 for s in conv.stride):
+        return False
+    if conv.padding == "same":
+        return True
+    if conv.padding == "valid":
+        return all(k == 1 for k in conv.kernel_size)
+    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+
+
+def _block_start(module: nn.Module) -> int | None:
+    """unit_dim of a block that starts with ``module`` (-1 features, 1 channels), or None if it cannot start one."""
+    if isinstance(module, _CONVS):
+        return 1 if _keeps_spatial_size(module) else None
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None),
+                                                                            int):
+        return -1
+    return None
+
+
+def _join(owner: str, attr: str) -> str:
+    return f"{owner}.{attr}" if owner else attr
+
+
+class _Block:
+    """A run ``keys`` of children of the Sequential ``owner`` that becomes one StochasticSkip."""
+
+    def __init__(self, owner: str, keys: list[str], unit_dim: int, activation: str) -> None:
+        self.owner, self.keys, self.unit_dim, self.activation = owner, keys, unit_dim, activation
+
+    @property
+    def name(self) -> str:
+        return _join(self.owner, self.keys[0])
+
+
+class MollifyRule(Rule):
+    """Activation sites -> MollifiedActivation; LSTM/GRU(Cell) -> mollified gates; and finds the skip blocks."""
+
+    name = "mollify"
+
+    def __init__(self, kinds: Sequence[str], recurrent: bool, skip: bool, c: float, p: float, eval_noise: str,
+                 eval_mode: str, shared: bool) -> None:
+        self.kinds, self.skip, self.eval_mode = tuple(kinds), skip, eval_mode
+        self.c, self.p, self.eval_noise, self.shared = c, p, eval_noise, shared
+        self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.kinds) + (
+            tuple(RECURRENT) if recurrent else ())
+        self.functions = tuple(f for k in self.kinds for f in ACTIVATION_FUNCTIONS[k])
+        self.methods = tuple(ACTIVATION_METHODS[k] for k in self.kinds)
+        self.unsupported = NOISE_LEAVES
+        self.units: dict[str, Units] = {}
+        self.layers: dict[str, int] = {}
+        self.blocks: list[_Block] = []
+        self.device: torch.device | None = None
+
+    def call_args(self, site: Site, node: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Only the tensor: ``inplace=True`` of F.relu has no meaning for the replacement module.
+        return (call_input(node),), {}
+
+    def refuse(self, site: Site) -> str | None:
+        if site.source != "module":
+            return None
+        assert site.module is not None
+        if isinstance(site.module, tuple(RECURRENT)):
+            return recurrent_refusal(site.module)
+        return overridden_forward(site.module)
+
+    @staticmethod
+    def _is_recurrent(site: Site) -> bool:
+        return site.source == "module" and isinstance(site.module, tuple(RECURRENT))
+
+    def prepare(self, context: SurgeryContext) -> None:
+        self.device = reference_device(context.root)
+        layer = 1
+        for site in execution_order(context.sites, context.graph):
+            self.layers[site.name] = layer
+            layer += int(getattr(site.module, "num_layers", 1)) if self._is_recurrent(site) else 1
+            if not self._is_recurrent(site):
+                self.units[site.name] = site_units(site, context.root, context.graph)
+        if self.skip:
+            self.blocks = self._find_blocks(context)
+
+    def _find_blocks(self, context: SurgeryContext) -> list[_Block]:
+        root, graph = context.root, context.graph
+        activations = {s.name for s in context.sites if s.source == "module" and not self._is_recurrent(s)}
+        count: dict[int, int] = {}
+        for _, module in root.named_modules(remove_duplicate=False):
+            count[id(module)] = count.get(id(module), 0) + 1
+        # Without rewritten calls the model keeps its own forward, so a Sequential must be run as a whole for a
+        # restructured Sequential to mean the same thing; a GraphModule calls children by name instead.
+        by_name = isinstance(root, fx.GraphModule) or any(s.source != "module" for s in context.sites)
+        blocks: list[_Block] = []
+        for owner, seq in root.named_modules():
+            if not isinstance(seq, nn.Sequential):
+                continue
+            children = list(seq.named_children())
+            i = 0
+            while i < len(children):
+                unit_dim = _block_start(children[i][1])
+                j = i + 1
+                while unit_dim is not None and j < len(children) and isinstance(children[j][1], _BLOCK_INNER):
+                    j += 1
+                if unit_dim is None or j >= len(children) or _join(owner, children[j][0]) not in activations:
+                    i += 1
+                    continue
+                keys = [k for k, _ in children[i:j + 1]]
+                names = [_join(owner, k) for k in keys]
+                shared = any(count[id(m)] > 1 for _, m in children[i:j + 1])
+                if not shared and (graph is None or self._chained(graph, owner, names, by_name)):
+                    blocks.append(_Block(owner, keys, unit_dim, names[-1]))
+                i = j + 1
+        return blocks
+
+    @staticmethod
+    def _chained(graph: fx.Graph, owner: str, names: list[str], by_name: bool) -> bool:
+        """Each module of the run is called once, on the previous one's result alone, and only feeds the next."""
+        nodes = []
+        for name in names:
+            calls = [n for n in graph.nodes if n.op == "call_module" and str(n.target) == name]
+            if len(calls) != 1:
+                return False
+            nodes.append(calls[0])
+        for prev, node in zip(nodes, nodes[1:]):
+            if node.args != (prev,) or node.kwargs or list(prev.users) != [node]:
+                return False
+        # If user code calls the children one by one, its own forward would ignore a wrapper.
+        return by_name or not owner or all(owner in (n.meta.get("nn_module_stack") or {}) for n in nodes)
+
+    def build(self, site: Site) -> nn.Module:
+        layer = self.layers[site.name]
+        if self._is_recurrent(site):
+            assert site.module is not None
+            cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
+            gate_kwargs = {"p": self.p, "c": self.c, "eval_noise": self.eval_noise, "shared": self.shared}
+            new = cls.from_torch(site.module, gates="mollified", gate_kwargs=gate_kwargs)
+            groups = new.gate_activations
+            # One annealer layer per RNN layer, numbered upwards from the site's first number.
+            for offset, group in enumerate(groups if isinstance(groups, nn.ModuleList) else [groups]):
+                group.layer = layer + offset
+            return new
+        num_features, unit_dim, shared = self.units.get(site.name, SHARED)
+        new = MollifiedActivation(kind=activation_kind(site, self.kinds), p=self.p, c=self.c,
+                                  num_features=num_features, unit_dim=unit_dim, shared=shared or self.shared,
+                                  layer=layer, eval_noise=self.eval_noise)
+        return new if self.device is None else new.to(device=self.device)
+
+
+def _wrap_blocks(model: nn.Module, rule: MollifyRule) -> dict[str, tuple[str, StochasticSkip]]:
+    """Replace each block's run by StochasticSkip + Identity slots; activation name -> (new name, skip)."""
+    moved: dict[str, tuple[str, StochasticSkip]] = {}
+    for block in rule.blocks:
+        owner = model.get_submodule(block.owner)
+        inner = nn.Sequential(*[getattr(owner, key) for key in block.keys])
+        activation = inner[-1]
+        assert isinstance(activation, MollifiedActivation)
+        skip = StochasticSkip(inner, p=rule.p, unit_dim=block.unit_dim, eval_mode=rule.eval_mode,
+                              layer=activation.layer)
+        skip.train(activation.training)
+        if rule.device is not None:
+            skip.to(device=rule.device)
+        setattr(owner, block.keys[0], skip)
+        for key in block.keys[1:]:
+            identity = nn.Identity()
+            identity.train(activation.training)
+            setattr(owner, key, identity)
+        moved[block.activation] = (_join(block.name, f"block.{len(block.keys) - 1}"), skip)
+    return moved
+
+
+_MOLLIFY_OPTIONS = ("p", "eval_noise", "eval_mode", "shared")
+
+
+def mollify(model: nn.Module, *, c: float = DEFAULT_C, skip: bool = True, kinds: Sequence[str] = MOLLIFIED_KINDS,
+            recurrent: bool = True, include: Pattern = None, exclude: Pattern = None,
+            filter_fn: FilterFn | None = None, inplace: bool = False, **kw: Any) -> nn.Module:
+    """Make ``model`` a mollifying network (thesis §4.4): mollified activations plus stochastic skips.
+
+    ``c`` is the noise scale of eq. 4.25; ``kinds`` the activations mollified (``"sigmoid"``, ``"tanh"``,
+    ``"relu"``); ``recurrent=True`` also gives ``nn.LSTM``/``nn.GRU``/cells mollified gates; ``skip=True`` wraps
+    every block (see the module docstring for the definition) in :class:`~surgeon.noise.StochasticSkip`
+    (eqs. 4.27–4.30). Layers are numbered from the input for the per-layer rates of eq. 4.31. Options
+    (``**kw``): ``p`` (initial noise level, 1.0 = the start of annealing, where every block is skipped and
+    every activation is linear), ``eval_noise`` (``"mean"`` / ``"none"``, see MollifiedActivation),
+    ``eval_mode`` (``"expectation"`` / ``"full"``, see StochasticSkip), ``shared`` (one ``a`` per layer).
+
+    ``include`` / ``exclude`` / ``filter_fn`` select activation and recurrent sites by their names in the
+    original model, as in :func:`surgeon.convert`; a block is wrapped iff its activation is selected. Returns the
+    model with a :class:`~surgeon.surgery.record.SurgeryRecord` appended; its changes list each activation under
+    its final name and each StochasticSkip. Typical use::
+
+        model = surgeon.mollify(model)
+        annealer = surgeon.noise.Annealer(model, schedule="loss-exp")
+        ...; optimizer.step(); annealer.step(loss)
+    """
+    unknown = sorted(set(kw) - set(_MOLLIFY_OPTIONS))
+    if unknown:
+        raise ConfigError(f"mollify: unknown option {unknown[0]!r}; allowed: {', '.join(_MOLLIFY_OPTIONS)}")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    bad = [k for k in kinds if k not in MOLLIFIED_KINDS]
+    if bad or (not kinds and not recurrent):
+        raise ConfigError(f"mollify: kinds must be a subset of {MOLLIFIED_KINDS}, got {kinds!r}")
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+        raise ConfigError(f"mollify: c must be a finite number >= 0, got {c!r}")
+    p = kw.get("p", 1.0)
+    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise ConfigError(f"mollify: p must lie in [0, 1], got {p!r}")
+    eval_noise = kw.get("eval_noise", "mean")
+    eval_mode = kw.get("eval_mode", "expectation")
+    if eval_noise not in ("mean", "none"):
+        raise ConfigError(f"mollify: eval_noise must be 'mean' or 'none', got {eval_noise!r}")
+    if eval_mode not in ("expectation", "full"):
+        raise ConfigError(f"mollify: eval_mode must be 'expectation' or 'full', got {eval_mode!r}")
+    shared = bool(kw.get("shared", False))
+    rule = MollifyRule(kinds, recurrent, bool(skip), float(c), float(p), eval_noise, eval_mode, shared)
+    arguments: dict[str, Any] = {"c": float(c), "skip": bool(skip), "kinds": kinds, "recurrent": bool(recurrent),
+                                 "p": float(p), "eval_noise": eval_noise, "eval_mode": eval_mode, "shared": shared}
+    check_json(arguments, "mollify")
+    result = apply_surgery(model, [rule], transform_name="mollify", arguments=arguments, include=include,
+                           exclude=exclude, filter_fn=filter_fn, inplace=inplace)
+    record = result.surgeon_records[-1]
+    prune_noise_skips(record)
+    selected = set(record.selected)
+    rule.blocks = [b for b in rule.blocks if b.activation in selected]
+    moved = _wrap_blocks(result, rule)
+    changes: list[Change] = []
+    for change in record.changes:
+        if change.name in moved:
+            new_name, skip_module = moved[change.name]
+            block = next(b for b in rule.blocks if b.activation == change.name)
+            inner = " → ".join(type(m).__name__ for m in skip_module.block[:-1])
+            changes.append(Change(name=block.name, source="module", old=f"block {inner} → {change.old}",
+                                  new="StochasticSkip", config=skip_module.config(),
+                                  note=f"stochastic skip of eqs. 4.27–4.30 around {', '.join(block.keys)} "
+                                       f"of {block.owner or '(model)'}"))
+            change.note = "; ".join(filter(None, [change.note, f"was {change.name}, now inside {block.name}"]))
+            change.name = new_name
+        changes.append(change)
+    record.changes = changes
+    return result
+

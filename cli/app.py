@@ -6,6 +6,8 @@ import os
 from typing import Annotated
 
 import typer
+
+from surgeon import __version__
 from surgeon.cli.bench import bench_command
 from surgeon.cli.convert import convert_command
 from surgeon.cli.example import example_command
@@ -13,8 +15,6 @@ from surgeon.cli.export import export_command
 from surgeon.cli.noise import mollify_command, noisify_command
 from surgeon.cli.report import report_command
 from surgeon.cli.train import train_command
-
-from surgeon import __version__
 
 app = typer.Typer(
     name="surgeon",

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+
 from surgeon.cli.failures import UsageError, run_guarded
 from surgeon.cli.options import JsonOption, QuietOption, parse_sizes
 from surgeon.cli.output import Output

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import torch
 import typer
+
 from surgeon.cli.failures import InputError, UsageError, run_guarded
 from surgeon.cli.files import check_output, default_output, save_model
 from surgeon.cli.models import example_inputs, load_model
@@ -86,9 +87,9 @@ def convert_command(
     out = Output(quiet, as_json)
 
     def action() -> None:
-        from surgeon.surgery.convert import convert
-
         from surgeon.reporting import report
+        from surgeon.surgery.convert import convert
+        from surgeon.surgery.record import records
 
         parsed_depth = parse_depth(depth)
         if max_error is not None and not 0 < max_error < 1:

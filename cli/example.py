@@ -6,12 +6,12 @@ from typing import Annotated
 
 import torch
 import typer
+
+from surgeon import zoo
 from surgeon.cli.failures import run_guarded
 from surgeon.cli.files import check_output, write_atomically
 from surgeon.cli.options import ForceOption, OutputOption, QuietOption
 from surgeon.cli.output import Output
-
-from surgeon import zoo
 
 
 def example_command(

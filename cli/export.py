@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Annotated
 
 import typer
+
 from surgeon.cli.failures import UsageError, run_guarded
 from surgeon.cli.files import check_output, default_output, save_model, write_atomically
 from surgeon.cli.models import example_inputs, load_model

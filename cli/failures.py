@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import typer
-from surgeon.cli.output import Output
 
+from surgeon.cli.output import Output
 from surgeon.errors import SurgeonError
 
 T = TypeVar("T")

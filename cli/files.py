@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable
 
 from surgeon.cli.failures import InputError, UsageError
+from surgeon.io.atomic import write_atomically
 
 
 def default_output(model_spec: str, tag: str, suffix: str = ".safetensors") -> str:
@@ -41,25 +39,12 @@ def check_output(path: str, *, force: bool, inputs: tuple[str, ...] = (), suffix
     return path
 
 
-def write_atomically(path: str, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".surgeon-", suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def save_model(model, path: str, *, arch: str | None, dtype=None) -> int:
     """Write ``model`` to ``path`` by its extension: ``.safetensors`` (weights + recipe; the original
     architecture's spec is recorded) or ``.pt`` (a whole pickled module). Returns the bytes written."""
     import torch
-    from surgeon.cli.models import ARCH_METADATA_KEY
 
+    from surgeon.cli.models import ARCH_METADATA_KEY
     from surgeon.io.checkpoint import save
 
     if path.endswith(".safetensors"):

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from surgeon.cli.failures import InputError, UsageError
 from torch import nn
 
 from surgeon import zoo
+from surgeon.cli.failures import InputError, UsageError
 
 EXAMPLE_PREFIX = "example:"
 _ARCH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

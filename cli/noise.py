@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Annotated
 
 import typer
+
 from surgeon.cli.failures import run_guarded
 from surgeon.cli.files import check_output, default_output, save_model
 from surgeon.cli.models import example_inputs, load_model

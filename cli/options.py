@@ -6,6 +6,7 @@ from typing import Annotated
 
 import torch
 import typer
+
 from surgeon.cli.failures import UsageError
 
 ArchOption = Annotated[str | None, typer.Option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from surgeon.cli.failures import run_guarded
 from surgeon.cli.models import build_arch, example_inputs, load_model
 from surgeon.cli.options import (

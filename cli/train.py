@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from surgeon.cli.failures import run_guarded
 from surgeon.cli.options import JsonOption, QuietOption, SeedOption
 from surgeon.cli.output import Output

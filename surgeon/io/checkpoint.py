@@ -1,0 +1,292 @@
+"""Compressed checkpoints: safetensors weights plus the surgery recipe that rebuilds the model's structure.
+
+File layout (one ``.safetensors`` file):
+
+* tensors: every parameter and buffer of ``model.state_dict()``, each storage written once. safetensors refuses
+  tensors that share memory, so a tied tensor (the same storage, offset, shape and strides under several
+  names) is stored under its first name only and the others are listed in ``surgeon.aliases``;
+* ``__metadata__`` (all string values): ``format: "pt"``, ``surgeon.version``, ``surgeon.recipe`` (JSON list of
+  :class:`~surgeon.surgery.record.SurgeryRecord` dicts, oldest first: transform, arguments such as layer type,
+  depth, activation and seed, and the exact module names selected), ``surgeon.aliases`` (JSON
+  ``{alias: stored_name}``) and ``surgeon.dtype`` (the storage dtype requested, or ``"native"``).
+
+``save(..., dtype=torch.float16 | torch.bfloat16)`` stores floating tensors in half precision (integer buffers
+such as permutations keep their dtype). ``load`` always casts every tensor to the dtype of the matching tensor
+of the rebuilt model, so a half-precision file loads into an fp32 model as fp32 (rounded values, not bit-exact
+to the model that was saved; a native-dtype file is bit-exact).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgeon.errors import SurgeonError
+from surgeon.io.atomic import write_atomically
+from surgeon.surgery.record import RECORDS_ATTRIBUTE, SurgeryRecord, records
+
+FORMAT_VERSION = "1"
+_HALF_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+# transform name -> candidate "module:function" paths, imported only when a recipe step needs them, so this
+# module does not depend on (or import cycles with) the surgery and noise packages.
+TRANSFORMS: dict[str, tuple[str, ...]] = {
+    "convert": ("surgeon.surgery.convert:convert",),
+    "noisify": ("surgeon.surgery.noisify:noisify",),
+    "mollify": ("surgeon.surgery.mollify:mollify",),
+}
+
+
+class CheckpointError(SurgeonError, ValueError):
+    """A checkpoint cannot be written, read, or does not fit the model it is loaded into."""
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes the file at ``path`` takes on disk (its length)."""
+    return os.path.getsize(os.fspath(path))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("surgeon")
+    except Exception:  # not installed as a distribution (e.g. run from a checkout)
+        import surgeon
+
+        return str(getattr(surgeon, "__version__", "unknown"))
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, str]:
+    return (t.untyped_storage().data_ptr(), str(t.device))
+
+
+def _view_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (*_storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def _plain_tensors(model: nn.Module, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Name -> contiguous CPU tensor with each storage once, and alias -> stored name for exact ties."""
+    state = model.state_dict(keep_vars=False)
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_by_view: dict[tuple[Any, ...], str] = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            raise CheckpointError(f"cannot save {name!r}: it is an uninitialised lazy tensor; "
+                                  "run one forward pass first")
+        if tensor.numel() > 0 and tensor.device.type != "meta":
+            key = _view_key(tensor)
+            if key in first_by_view:
+                aliases[name] = first_by_view[key]
+                continue
+            first_by_view[key] = name
+        out = tensor.detach()
+        if dtype is not None and out.is_floating_point():
+            out = out.to(dtype)
+        # clone(): a different view of a shared storage (not an exact tie) must become its own storage.
+        tensors[name] = out.to("cpu").contiguous().clone()
+    return tensors, aliases
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+         metadata: dict[str, str] | None = None) -> int:
+    """Write ``model``'s weights and surgery recipe to the ``.safetensors`` file ``path``; returns its size.
+
+    ``dtype``: None keeps every tensor's dtype (bit-exact round trip); ``torch.float16`` / ``torch.bfloat16``
+    (or ``torch.float32``) stores floating tensors in that dtype, integer buffers unchanged; loading casts back
+    to the model's dtype. The write is atomic: a temporary file in the same directory replaced into ``path``, so
+    an interrupted save never leaves a partial checkpoint. ``metadata`` adds string entries of the caller's own
+    (e.g. how to rebuild the original architecture).
+    """
+    from safetensors.torch import save_file
+
+    if dtype is not None and dtype not in _HALF_DTYPES:
+        raise CheckpointError(f"dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
+    path = os.fspath(path)
+    tensors, aliases = _plain_tensors(model, dtype)
+    recipe = [r.to_dict() for r in records(model)]
+    try:
+        recipe_json = json.dumps(recipe)
+    except TypeError as exc:
+        raise CheckpointError(f"the model's surgery records are not JSON-serialisable: {exc}") from exc
+    extra = dict(metadata or {})
+    metadata = {"format": "pt", "surgeon.version": _version(), "surgeon.format": FORMAT_VERSION,
+                "surgeon.recipe": recipe_json, "surgeon.aliases": json.dumps(aliases),
+                "surgeon.dtype": "native" if dtype is None else _HALF_DTYPES[dtype]}
+    if any(not isinstance(k, str) or not isinstance(v, str) or k in metadata for k, v in extra.items()):
+        raise CheckpointError("extra metadata must map new string keys to string values")
+    metadata.update(extra)
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return file_size(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a missing, truncated or corrupt file is a CheckpointError."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # safetensors raises SafetensorError, OSError or others on damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated: {reason}") from exc
+    return tensors, metadata
+
+
+def recipe_of(metadata: dict[str, str], path: str = "") -> list[SurgeryRecord]:
+    """The surgery records stored in a checkpoint's metadata (empty for a plain safetensors file)."""
+    raw = metadata.get("surgeon.recipe")
+    if raw is None:
+        return []
+    try:
+        return [SurgeryRecord.from_dict(item) for item in json.loads(raw)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path!r} has an unreadable surgery recipe: {exc}") from exc
+
+
+def resolve_transform(name: str) -> Callable[..., nn.Module]:
+    """The public function a recipe step names (``"convert"``, ``"noisify"``, ``"mollify"``)."""
+    if name not in TRANSFORMS:
+        raise CheckpointError(f"recipe step {name!r} is not a known transform (known: {', '.join(TRANSFORMS)})")
+    for target in TRANSFORMS[name]:
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        fn = getattr(module, attr, None)
+        if callable(fn):
+            return fn
+    raise CheckpointError(f"recipe step {name!r} needs surgeon's {name}() which is not available in this install "
+                          f"(looked in {', '.join(TRANSFORMS[name])})")
+
+
+def _replay_kwargs(fn: Callable[..., Any], record: SurgeryRecord) -> dict[str, Any]:
+    kwargs = dict(record.arguments)
+    # The record names the exact modules chosen; replaying with include=selected makes exclude/filters moot,
+    # and a random init suffices because every weight is overwritten from the file.
+    for key in ("include", "exclude", "filter_fn", "calibration", "inplace"):
+        kwargs.pop(key, None)
+    kwargs["include"] = list(record.selected)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "init" in params or (takes_any and "init" in record.arguments):
+        kwargs["init"] = "random"
+    if "inplace" in params:
+        kwargs["inplace"] = True   # the caller handed us a fresh model to rebuild; no need to copy it
+    if not takes_any:
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return kwargs
+
+
+def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") -> nn.Module:
+    """Replay each recorded surgery on ``model`` (a freshly built original) and return the rebuilt model.
+
+    Each step must select exactly the sites it selected when the checkpoint was made; the first one it cannot
+    find (a module or call site this model lacks) is named in a ``CheckpointError``. Steps the model already
+    carries (its own records equal the recipe's first steps) are not replayed again.
+    """
+    done = [r.to_dict() for r in records(model)]
+    if done and done == [r.to_dict() for r in recipe[: len(done)]]:
+        # The model already went through the first steps (e.g. it is the converted model itself): skip them.
+        recipe_steps = list(enumerate(recipe, start=1))[len(done):]
+    elif done:
+        raise CheckpointError(f"checkpoint {path!r} does not fit this model: the model already carries surgeries "
+                              f"({', '.join(r['transform'] for r in done)}) that differ from the checkpoint's recipe; "
+                              "pass a freshly built original model")
+    else:
+        recipe_steps = list(enumerate(recipe, start=1))
+    for step, record in recipe_steps:
+        fn = resolve_transform(record.transform)
+        where = f"checkpoint {path!r} does not fit this model: recipe step {step} ({record.transform})"
+        try:
+            with warnings.catch_warnings():
+                # "include entry matched nothing" is a warning for users; here it is the error reported below.
+                warnings.simplefilter("ignore")
+                model = fn(model, **_replay_kwargs(fn, record))
+        except SurgeonError as exc:
+            names = dict(model.named_modules())
+            absent = [name for name in record.selected if name not in names]
+            if absent:
+                raise CheckpointError(f"{where} needs module {absent[0]!r}, which the model lacks") from exc
+            raise CheckpointError(f"{where} failed: {exc}") from exc
+        replayed = records(model)[-1].selected if records(model) else []
+        absent = [name for name in record.selected if name not in set(replayed)]
+        if absent:
+            raise CheckpointError(f"{where} needs module {absent[0]!r}, which the model lacks")
+    return model
+
+
+def _retie(model: nn.Module, alias: str, target: str) -> None:
+    """Make ``alias`` the very tensor ``target`` is (a tie in the saved model that the rebuilt one lacks)."""
+    module_name, _, leaf = alias.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    target_module_name, _, target_leaf = target.rpartition(".")
+    target_module = model.get_submodule(target_module_name) if target_module_name else model
+    tensor = getattr(target_module, target_leaf)
+    if leaf in module._parameters and isinstance(tensor, nn.Parameter):
+        module._parameters[leaf] = tensor
+    elif leaf in module._buffers:
+        module._buffers[leaf] = tensor
+
+
+def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> nn.Module:
+    """Rebuild ``model`` from the checkpoint at ``path`` and return it with the saved weights.
+
+    ``model`` must be a freshly built *original* model (untrained is fine); the recipe's surgeries are replayed
+    on it (it may be modified in place: always use the returned model), ties recorded in the file are
+    restored, and every tensor is copied in, cast to the rebuilt model's dtype and device. The result computes
+    exactly what the saved model computed when the file was saved in native dtype. ``strict=False`` tolerates
+    keys present on only one side. Any mismatch is a one-line ``CheckpointError`` naming the first one.
+    """
+    path = os.fspath(path)
+    tensors, metadata = read_checkpoint(path)
+    recipe = recipe_of(metadata, path)
+    try:
+        aliases: dict[str, str] = json.loads(metadata.get("surgeon.aliases", "{}"))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path!r} has unreadable alias metadata: {exc}") from exc
+    model = apply_recipe(model, recipe, path)
+    for alias, target in aliases.items():
+        if target not in tensors:
+            raise CheckpointError(f"checkpoint {path!r} is inconsistent: alias {alias!r} points to missing "
+                                  f"tensor {target!r}")
+    state = model.state_dict(keep_vars=True)
+    for alias, target in aliases.items():
+        if alias in state and target in state and state[alias] is not state[target]:
+            _retie(model, alias, target)
+    state = model.state_dict(keep_vars=True)
+    stored = set(tensors) | set(aliases)
+    if strict:
+        for name in state:
+            if name not in stored:
+                raise CheckpointError(f"checkpoint {path!r} does not fit this model: missing key {name!r}")
+        for name in tensors:
+            if name not in state:
+                raise CheckpointError(f"checkpoint {path!r} does not fit this model: unexpected key {name!r} "
+                                      "(no such parameter or buffer in the rebuilt model)")
+    with torch.no_grad():
+        for name, target in state.items():
+            source = tensors.get(aliases.get(name, name))
+            if source is None:
+                continue
+            if target is None or tuple(source.shape) != tuple(target.shape):
+                shape = None if target is None else tuple(target.shape)
+                raise CheckpointError(f"checkpoint {path!r} does not fit this model: shape mismatch for {name!r} "
+                                      f"(file {tuple(source.shape)}, model {shape})")
+            target.copy_(source.to(device=target.device, dtype=target.dtype))
+    object.__setattr__(model, RECORDS_ATTRIBUTE, list(recipe))
+    return model

@@ -1,8 +1,53 @@
-"""surgeon: model surgery for PyTorch — structured linear layers and noisy/mollified activations."""
+"""surgeon: model surgery for PyTorch — structured linear layers and noisy/mollified activations.
 
-from surgeon.layers import ACDCLinear, FastfoodLinear
-from surgeon.ops import dct, fwht, idct
+Layers (thesis §3.9–3.10): :class:`ACDCLinear`, :class:`FastfoodLinear`. Surgery: :func:`convert`,
+:func:`noisify`, :func:`mollify` (each returns the model with a record of what changed, see :func:`records`).
+Noise (§4.3–4.4): :class:`NoisyHardSigmoid`, :class:`NoisyHardTanh`, :class:`MollifiedActivation`,
+:class:`StochasticSkip`, :class:`NoisyLSTM`, :class:`NoisyGRU`, :class:`Annealer`. Shipping: :func:`report`,
+:func:`save`, :func:`load`, :func:`export_onnx`.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["ACDCLinear", "FastfoodLinear", "__version__", "dct", "fwht", "idct"]
+from surgeon.errors import (
+    ConfigError,
+    FitError,
+    FitWarning,
+    SelectionError,
+    SelectionWarning,
+    SurgeonError,
+    SurgeonWarning,
+    SurgeryError,
+    TraceFallbackWarning,
+)
+from surgeon.io import CheckpointError, ExportError, ExportResult, export_onnx, load, onnx_latency, save
+from surgeon.layers import ACDCLinear, FastfoodLinear
+from surgeon.noise import (
+    Annealer,
+    MollifiedActivation,
+    NoiseModule,
+    NoisyGRU,
+    NoisyGRUCell,
+    NoisyHardSigmoid,
+    NoisyHardTanh,
+    NoisyLSTM,
+    NoisyLSTMCell,
+    StochasticSkip,
+)
+from surgeon.ops import dct, fwht, idct
+from surgeon.reporting import Report, report
+from surgeon.surgery.convert import convert
+from surgeon.surgery.engine import apply_surgery
+from surgeon.surgery.mollify import mollify
+from surgeon.surgery.noisify import noisify
+from surgeon.surgery.record import SurgeryRecord, records
+from surgeon.surgery.rules import Replacement, Rule, Site
+
+__all__ = [
+    "ACDCLinear", "Annealer", "CheckpointError", "ConfigError", "ExportError", "ExportResult", "FastfoodLinear",
+    "FitError", "FitWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU", "NoisyGRUCell", "NoisyHardSigmoid",
+    "NoisyHardTanh", "NoisyLSTM", "NoisyLSTMCell", "Replacement", "Report", "Rule", "SelectionError",
+    "SelectionWarning", "Site", "StochasticSkip", "SurgeonError", "SurgeonWarning", "SurgeryError", "SurgeryRecord",
+    "TraceFallbackWarning", "__version__", "apply_surgery", "convert", "dct", "export_onnx", "fwht", "idct", "load",
+    "mollify", "noisify", "onnx_latency", "records", "report", "save",
+]

@@ -93,7 +93,8 @@ class ACDCLinear(nn.Module):
         # Triton on CUDA, torch elsewhere; ``layer.backend`` / SURGEON_BACKEND force either (surgeon.ops.dispatch).
         y = acdc_cascade(x, self.a, self.d, self.b, self.perms, self.activation,
                          backend=getattr(self, "backend", "auto"))
-        return y[..., : self.out_features] if self.out_features < self.size else y
+        # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).
+        return y[..., : self.out_features].clone() if self.out_features < self.size else y
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:

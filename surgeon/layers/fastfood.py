@@ -63,9 +63,11 @@ class FastfoodLinear(nn.Module):
             raise ValueError(f"FastfoodLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
         if self.d > self.in_features:
             x = nn.functional.pad(x, (0, self.d - self.in_features))
-        y = fastfood(x, self.scale, self.gauss, self.binary, self.perm,
-                     backend=getattr(self, "backend", "auto"))[..., : self.out_features]
-        return y if self.bias is None else y + self.bias
+        y = fastfood(x, self.scale, self.gauss, self.binary, self.perm, backend=getattr(self, "backend", "auto"))
+        if self.bias is not None:
+            return y[..., : self.out_features] + self.bias
+        # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).
+        return y[..., : self.out_features].clone() if y.shape[-1] > self.out_features else y
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:

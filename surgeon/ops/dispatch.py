@@ -80,6 +80,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _owned(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """``t`` reshaped to ``shape`` as a tensor that is not a view.
+
+    A custom op must not return a view of one of its intermediates: autograd would then forbid in-place ops on
+    the result (``ReLU(inplace=True)`` right after a converted layer). Re-pointing a fresh tensor at the same
+    storage avoids both the view and a copy.
+    """
+    t = t.reshape(shape)
+    if t._base is None:
+        return t
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.shape,
+                                                               t.stride())
+
+
 # ------------------------------------------------------------------------------------------------------ ACDC
 
 
@@ -93,7 +107,7 @@ def _acdc_cascade_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
     else:
         c = _compute_dtype(x.dtype)
         out = _acdc_fwd_ref(rows.to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms, activation)
-    return out.to(x.dtype).reshape(x.shape)
+    return _owned(out.to(x.dtype), x.shape)
 
 
 @_acdc_cascade_op.register_fake
@@ -114,7 +128,7 @@ def _acdc_cascade_backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tens
         dx, da, dd, db = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
                                        None if b is None else b.to(c), perms, activation)
     db = a.new_empty(0) if db is None else db.to(b.dtype)
-    return dx.to(x.dtype).reshape(x.shape), da.to(a.dtype), dd.to(d.dtype), db
+    return _owned(dx.to(x.dtype), x.shape), da.to(a.dtype), dd.to(d.dtype), db
 
 
 @_acdc_cascade_backward_op.register_fake
@@ -176,9 +190,10 @@ def _fastfood_op(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, bina
     n = x.shape[-1]
     if resolve_backend(x, backend) == "triton":
         out = _kernels()[1].fastfood_forward(x.reshape(-1, n), scale, gauss, binary, perm)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return _owned(out, (*x.shape[:-1], out.shape[-1]))
     with torch.no_grad():
-        return fastfood_ref(x, scale, gauss, binary, perm)
+        out = fastfood_ref(x, scale, gauss, binary, perm)
+        return _owned(out, out.shape)
 
 
 @_fastfood_op.register_fake
@@ -194,7 +209,7 @@ def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tens
     if resolve_backend(x, backend) == "triton":
         dx, ds, dg, db = _kernels()[1].fastfood_backward(grad.reshape(x.reshape(-1, n).shape[0], -1),
                                                          x.reshape(-1, n), scale, gauss, binary, perm)
-        return dx.reshape(x.shape), ds, dg, db
+        return _owned(dx, x.shape), ds, dg, db
     return _fastfood_backward_torch(grad, x, scale, gauss, binary, perm)
 
 
@@ -213,7 +228,7 @@ def _fastfood_backward_torch(grad, x, scale, gauss, binary, perm):
     gu = torch.zeros_like(gw).scatter_(-1, index, gw * ga)
     gv = fwht(gu, normalized=True)
     dx = (gv * bi).sum(1).reshape(x.shape)
-    return (dx.to(x.dtype), (g * q).sum(0).to(scale.dtype), (gw * w).sum(0).to(gauss.dtype),
+    return (_owned(dx.to(x.dtype), x.shape), (g * q).sum(0).to(scale.dtype), (gw * w).sum(0).to(gauss.dtype),
             (gv * rows).sum(0).to(binary.dtype))
 
 

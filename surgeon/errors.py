@@ -1,0 +1,55 @@
+"""The errors and warnings surgeon raises, in one place so the CLI can map them to messages.
+
+Every message is one line: what went wrong and, when there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SurgeonError(Exception):
+    """Base class of every error surgeon raises on purpose."""
+
+
+class SelectionError(SurgeonError, ValueError):
+    """``include`` / ``exclude`` / ``filter_fn`` chose nothing, or a selection argument is malformed."""
+
+
+class ConfigError(SurgeonError, ValueError):
+    """An argument of a transform is invalid (unknown layer option, impossible tolerance...)."""
+
+
+class SurgeryError(SurgeonError, RuntimeError):
+    """A transform could not be applied to a model it had selected."""
+
+
+class FitError(SurgeonError, RuntimeError):
+    """``init="fit"`` could not fit a replacement (e.g. no calibration batch reached the layer)."""
+
+
+class SurgeonWarning(UserWarning):
+    """Base class of surgeon's warnings, so users can filter them all at once."""
+
+
+class TraceFallbackWarning(SurgeonWarning):
+    """torch.fx could not trace the model; the module-tree fallback was used."""
+
+
+class SelectionWarning(SurgeonWarning):
+    """A selection argument had no effect (an ``exclude`` entry excluded nothing, nothing was converted)."""
+
+
+class FitWarning(SurgeonWarning):
+    """A fitted replacement missed the requested tolerance."""
+
+
+__all__ = [
+    "ConfigError",
+    "FitError",
+    "FitWarning",
+    "SelectionError",
+    "SelectionWarning",
+    "SurgeonError",
+    "SurgeonWarning",
+    "SurgeryError",
+    "TraceFallbackWarning",
+]

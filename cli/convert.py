@@ -25,6 +25,7 @@ from surgeon.cli.options import (
     TrustOption,
     parse_depth,
     parse_shape,
+    regex_union,
 )
 from surgeon.cli.output import Output
 
@@ -110,8 +111,8 @@ def convert_command(
         kwargs = {"depth": parsed_depth} if linear is LinearKind.acdc else {}
         if max_error is not None:
             kwargs["max_error"] = max_error
-        converted = convert(loaded.model, linear=linear.value, include=include or None, exclude=exclude or None,
-                            init=init.value, calibration=calibration, seed=seed, **kwargs)
+        converted = convert(loaded.model, linear=linear.value, include=regex_union(include),
+                            exclude=regex_union(exclude), init=init.value, calibration=calibration, seed=seed, **kwargs)
         change_count = len(records(converted)[-1].changes)
         if change_count == 0:
             skipped = records(converted)[-1].skipped

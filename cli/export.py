@@ -72,10 +72,12 @@ def export_command(
             export_onnx(loaded.model, (inputs,), tmp, opset=opset, check=check)))
         summary = results[0].to_dict()
         summary["path"] = target
-        out.info(f"wrote {target} ({summary.get('file_bytes', 0) / 1e6:.2f} MB)")
+        out.info(f"wrote {target} ({summary['file_bytes'] / 1e6:.2f} MB; limit for this model "
+                 f"{summary['size_limit'] / 1e6:.2f} MB: {'ok' if summary['within_size_limit'] else 'EXCEEDED'})")
         if check:
-            out.info(f"onnxruntime parity: max abs error {summary.get('max_abs_error')}, "
-                     f"max relative error {summary.get('max_rel_error')}")
+            out.info(f"onnxruntime parity on batches {summary['checked_batches']}: max abs error "
+                     f"{summary['max_abs_error']:.2e}, max relative error {summary['max_rel_error']:.2e} "
+                     f"({'ok' if summary['passed'] else 'FAILED'}, tolerance {summary['tolerance']:g})")
         out.data(summary)
 
     run_guarded(out, action)

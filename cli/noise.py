@@ -21,6 +21,7 @@ from surgeon.cli.options import (
     QuietOption,
     TrustOption,
     parse_shape,
+    regex_union,
 )
 from surgeon.cli.output import Output
 
@@ -74,8 +75,8 @@ def noisify_command(
         loaded = load_model(model, arch=arch, trust=trust)
         kwargs = {} if c is None else {"c": c}
         chosen = tuple(t.strip() for t in targets.split(",") if t.strip())
-        transformed = noisify(loaded.model, mode=mode.value, targets=chosen, include=include or None,
-                              exclude=exclude or None, **kwargs)
+        transformed = noisify(loaded.model, mode=mode.value, targets=chosen, include=regex_union(include),
+                              exclude=regex_union(exclude), **kwargs)
         _finish(out, model, loaded, transformed, target, input_shape)
 
     run_guarded(out, action)
@@ -109,7 +110,8 @@ def mollify_command(
         check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
         loaded = load_model(model, arch=arch, trust=trust)
         kwargs = {} if c is None else {"c": c}
-        transformed = mollify(loaded.model, skip=skip, include=include or None, exclude=exclude or None, **kwargs)
+        transformed = mollify(loaded.model, skip=skip, include=regex_union(include), exclude=regex_union(exclude),
+                              **kwargs)
         _finish(out, model, loaded, transformed, target, input_shape)
 
     run_guarded(out, action)

@@ -71,3 +71,17 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(s < 1 or s > 1 << 16 for s in sizes):
         raise UsageError(f"--sizes must be integers between 1 and 65536, got {text!r}")
     return sizes
+
+
+def regex_union(patterns: list[str] | None) -> str | None:
+    """Repeated --include/--exclude regexes as one regex (the library reads a list as exact names)."""
+    if not patterns:
+        return None
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
+    return patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)

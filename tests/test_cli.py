@@ -98,7 +98,7 @@ def test_state_dict_with_arch_and_fastfood(state_dict_file, tmp_path):
 
 def test_pickled_module_refused_unless_trusted(tmp_path):
     path = tmp_path / "whole.pt"
-    torch.save(MLP((8, 16, 16, 4)), path)
+    torch.save(MLP((64, 128, 128, 10)), path)
     code, _, err = run("convert", str(path), "-o", str(tmp_path / "o.safetensors"))
     assert_one_line_error(code, err, 1, "refusing", "--trust")
     assert not (tmp_path / "o.safetensors").exists()

@@ -23,6 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,12 @@ class ExportResult:
     @property
     def passed(self) -> bool | None:
         return None if self.max_rel_error is None else self.max_rel_error <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field plus the derived size limit and verdicts, JSON-able."""
+        data = dataclasses.asdict(self)
+        data.update(size_limit=self.size_limit, within_size_limit=self.within_size_limit, passed=self.passed)
+        return data
 
 
 def _as_tuple(inputs: Any) -> tuple[Any, ...]:

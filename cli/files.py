@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from surgeon.cli.failures import InputError, UsageError
 from surgeon.io.atomic import write_atomically
@@ -34,8 +35,11 @@ def check_output(path: str, *, force: bool, inputs: tuple[str, ...] = (), suffix
     directory = os.path.dirname(absolute)
     if not os.path.isdir(directory):
         raise InputError(f"output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise InputError(f"output directory {directory} is not writable")
+    try:  # a real probe: permission bits say nothing for root or on read-only file systems
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise InputError(f"output directory {directory} is not writable ({exc.strerror or exc})") from None
     return path
 
 

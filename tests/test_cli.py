@@ -197,10 +197,10 @@ def test_unwritable_output_directory(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    # Root ignores permission bits; /proc refuses new files to everyone.
+    target_dir = locked if not os.access(locked, os.W_OK) else "/proc"
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user that ignores directory permissions")
-        code, _, err = run("convert", "example:mlp", "-o", str(locked / "o.safetensors"))
+        code, _, err = run("convert", "example:mlp", "-o", os.path.join(target_dir, "o.safetensors"))
         assert_one_line_error(code, err, 1, "not writable")
     finally:
         locked.chmod(0o700)

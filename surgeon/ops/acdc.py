@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from surgeon.ops.dct import dct, idct
+from surgeon.ops.dct import transform_
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "none")
 _LEAKY_SLOPE = 0.01
@@ -70,12 +70,31 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _factor_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None):
-    h2 = dct(x * a)
-    h3 = h2 * d
-    if b is not None:
-        h3 = h3 + b
-    return h2, idct(h3)
+def _permute_columns(y: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y[:, perm]`` for (M, N) rows; gather on an expanded index is several times faster than indexing."""
+    return torch.gather(y, 1, perm.expand(y.shape[0], -1), out=out)
+
+
+def _activate_(y: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return y.relu_()
+    if activation == "leaky_relu":
+        return torch.nn.functional.leaky_relu_(y, _LEAKY_SLOPE)
+    if activation == "tanh":
+        return y.tanh_()
+    if activation == "sigmoid":
+        return y.sigmoid_()
+    return y
+
+
+def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """In place: ``h ← Cᵀ(C h ⊙ d + b)``, i.e. one factor applied to ``h = x ⊙ a``."""
+    transform_(h, 2)
+    if b is None:
+        h.mul_(d)
+    else:
+        torch.addcmul(b, h, d, out=h)
+    return transform_(h, 3)
 
 
 def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,86 +102,90 @@ def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
     return acdc_cascade_ref(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none")
 
 
-def _cascade_forward(x, a, d, b, perms, activation, keep: bool):
-    """Run the cascade on (M, N) rows. With ``keep`` also return every factor input and every h2."""
-    depth = a.shape[0]
-    inputs, spectra = [], []
-    h = x
-    for k in range(depth):
-        h2, y = _factor_forward(h, a[k], d[k], None if b is None else b[k])
-        if keep:
-            inputs.append(h)
-            spectra.append(h2)
-        if k < depth - 1:
-            y = apply_activation(y, activation)
-            if perms is not None:
-                y = y[:, perms[k]]
-        h = y
-    return h, inputs, spectra
-
-
-# Rows processed together: small enough that a block and its intermediates stay in L2 cache, large enough that
-# per-call overheads of the transforms vanish. Deep cascades are memory-bound, so this matters more than FLOPs.
-_BLOCK_BYTES = 1 << 19
-
-
-def _row_blocks(m: int, n: int, itemsize: int) -> list[slice]:
-    rows = max(1, _BLOCK_BYTES // max(1, n * itemsize))
-    return [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
-
-
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                          perms: torch.Tensor | None, activation: str) -> torch.Tensor:
-    """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N)."""
-    blocks = _row_blocks(*x.shape, x.element_size())
-    if len(blocks) == 1:
-        return _cascade_forward(x, a, d, b, perms, activation, keep=False)[0]
-    out = torch.empty_like(x)
-    for rows in blocks:
-        out[rows] = _cascade_forward(x[rows], a, d, b, perms, activation, keep=False)[0]
-    return out
+    """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
 
-
-def _cascade_backward_block(grad, x, a, d, b, perms, inverse, activation, grads):
+    Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs).
+    """
     depth = a.shape[0]
-    _, inputs, spectra = _cascade_forward(x, a, d, b, perms, activation, keep=True)
-    grad_a, grad_d, grad_b = grads
-    g = grad
-    for k in range(depth - 1, -1, -1):
-        g3 = dct(g)
-        if grad_b is not None:
-            grad_b[k] += g3.sum(0)
-        grad_d[k] += (spectra[k] * g3).sum(0)
-        g1 = idct(g3 * d[k])
-        grad_a[k] += (inputs[k] * g1).sum(0)
-        g = g1 * a[k]
-        if k > 0:
-            post = inputs[k]
-            if inverse is not None:
-                g, post = g[:, inverse[k - 1]], post[:, inverse[k - 1]]
-            slope = _activation_slope(post, activation)
-            if slope is not None:
-                g = g * slope
-    return g
+    with torch.no_grad():
+        h = torch.mul(x, a[0])
+        scratch = torch.empty_like(h) if perms is not None and depth > 1 else None
+        for k in range(depth):
+            _factor_(h, d[k], None if b is None else b[k])
+            if k == depth - 1:
+                break
+            _activate_(h, activation)
+            if scratch is not None:
+                _permute_columns(h, perms[k], out=scratch)
+                torch.mul(scratch, a[k + 1], out=h)
+            else:
+                h.mul_(a[k + 1])
+    return h
+
+
+def _recompute(x, a, d, b, perms, activation):
+    """Every factor's input z_k and spectrum h2_k = C(z_k ⊙ a_k), for the backward pass."""
+    depth = a.shape[0]
+    inputs, spectra = [x], []
+    for k in range(depth):
+        h2 = transform_(torch.mul(inputs[k], a[k]), 2)
+        spectra.append(h2)
+        if k == depth - 1:
+            break
+        y = h2 * d[k] if b is None else torch.addcmul(b[k], h2, d[k])
+        _activate_(transform_(y, 3), activation)
+        inputs.append(y if perms is None else _permute_columns(y, perms[k]))
+    return inputs, spectra
 
 
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
                           b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
     """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
 
-    Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Rows are processed in
-    cache-sized blocks; only one block's intermediates exist at a time.
+    Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Each factor's recomputed
+    intermediates are reused as scratch once its gradients are taken.
     """
-    inverse = None if perms is None else torch.argsort(perms, dim=-1)
-    grads = (torch.zeros_like(a), torch.zeros_like(d), None if b is None else torch.zeros_like(b))
-    blocks = _row_blocks(*x.shape, x.element_size())
-    if len(blocks) == 1:
-        dx = _cascade_backward_block(grad, x, a, d, b, perms, inverse, activation, grads)
-    else:
-        dx = torch.empty_like(x)
-        for rows in blocks:
-            dx[rows] = _cascade_backward_block(grad[rows], x[rows], a, d, b, perms, inverse, activation, grads)
-    return (dx, *grads)
+    depth = a.shape[0]
+    with torch.no_grad():
+        inputs, spectra = _recompute(x, a, d, b, perms, activation)
+        inverse = None if perms is None else torch.argsort(perms, dim=-1)
+        grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)
+        grad_b = None if b is None else torch.empty_like(b)
+        g = grad.clone()
+        for k in range(depth - 1, -1, -1):
+            transform_(g, 2)                                  # g3 = C g
+            if grad_b is not None:
+                torch.sum(g, 0, out=grad_b[k])
+            torch.sum(spectra[k].mul_(g), 0, out=grad_d[k])   # Σ h2 ⊙ g3
+            transform_(g.mul_(d[k]), 3)                       # g1 = Cᵀ(d ⊙ g3)
+            z = inputs[k]
+            slope = None if k == 0 else _activation_slope_(z, activation, spectra[k])
+            torch.sum(torch.mul(z, g, out=z if k > 0 else None), 0, out=grad_a[k])  # Σ z ⊙ g1
+            g.mul_(a[k])                                      # ∂L/∂z = a ⊙ g1
+            if k == 0:
+                break
+            # z = act(y)[perm]: apply act' where it lives (permuted), then undo the permutation once.
+            if slope is not None:
+                g.mul_(slope)
+            if inverse is not None:
+                g = _permute_columns(g, inverse[k - 1], out=spectra[k])
+    return g, grad_a, grad_d, grad_b
+
+
+def _activation_slope_(out: torch.Tensor, activation: str, scratch: torch.Tensor) -> torch.Tensor | None:
+    """act'(y) from the activation's output ``out``, written into ``scratch``."""
+    if activation == "relu":
+        return torch.gt(out, 0, out=scratch)
+    if activation == "leaky_relu":
+        torch.gt(out, 0, out=scratch)
+        return scratch.mul_(1 - _LEAKY_SLOPE).add_(_LEAKY_SLOPE)
+    if activation == "tanh":
+        return torch.addcmul(torch.ones_like(out), out, out, value=-1, out=scratch)
+    if activation == "sigmoid":
+        return torch.mul(out, 1 - out, out=scratch)
+    return None
 
 
 class _ACDCCascade(torch.autograd.Function):

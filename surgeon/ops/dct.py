@@ -68,6 +68,25 @@ def _scipy_transform(x: torch.Tensor, kind: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.dtype)
 
 
+def transform_(buffer: torch.Tensor, kind: int) -> torch.Tensor:
+    """DCT-II (``kind=2``) or DCT-III (``kind=3``) of ``buffer`` along the last dim, written into ``buffer``.
+
+    For kernels that own their scratch memory: on CPU, pocketfft transforms in place, so a deep cascade reuses
+    a couple of buffers instead of allocating (and page-faulting) a fresh one per transform. No autograd.
+    """
+    if buffer.shape[-1] == 0:
+        return buffer
+    if _scipy_usable(buffer) and buffer.is_contiguous() and buffer.dtype in (torch.float32, torch.float64):
+        fn = scipy.fft.dct if kind == 2 else scipy.fft.idct
+        array = buffer.detach().numpy()
+        out = fn(array, type=2, norm="ortho", axis=-1, workers=_workers(), overwrite_x=True)
+        if not np.shares_memory(out, array):
+            buffer.copy_(torch.from_numpy(out))
+        return buffer
+    with torch.no_grad():
+        return buffer.copy_(_torch_dct2(buffer) if kind == 2 else _torch_dct3(buffer))
+
+
 def _phase(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """exp(-i pi k / 2N) for k < N, in the complex dtype matching ``dtype``."""
     k = torch.arange(n, device=device, dtype=dtype)

@@ -29,6 +29,16 @@ def rows_table(title: str, rows: list[dict]) -> Table:
     return table
 
 
+def rows_markdown(rows: list[dict]) -> str:
+    """The same table as GitHub Markdown, for pasting results where they are quoted."""
+    if not rows:
+        return ""
+    head = "| " + " | ".join(k.replace("_", " ") for k in rows[0]) + " |"
+    rule = "|" + "|".join("---" for _ in rows[0]) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
 def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
@@ -46,6 +56,7 @@ def bench_command(
     batch: Annotated[int | None, typer.Option("--batch", help="Rows per call (default 256 on CPU, 4096 on "
                                                                "CUDA).")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement.")] = 5,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -79,7 +90,10 @@ def bench_command(
                     device="cuda", sizes=parse_sizes(sizes) if sizes else (512, 1024, 2048, 4096, 8192),
                     batch=batch or 4096)]
                 title = f"CUDA kernels, batch {batch or 4096}"
-        out.show(rows_table(title, rows))
+        if markdown:
+            out.info(f"{title}\n\n{rows_markdown(rows)}")
+        else:
+            out.show(rows_table(title, rows))
         out.data(rows)
 
     run_guarded(out, action)

@@ -15,11 +15,14 @@ class Output:
     def __init__(self, quiet: bool = False, as_json: bool = False) -> None:
         self.quiet, self.as_json = quiet, as_json
         self.console = Console(highlight=False)
+        if not self.console.is_terminal:
+            # Piped or captured output: wide enough that tables stay readable instead of folding at 80 columns.
+            self.console.width = 160
         self.errors = Console(stderr=True, highlight=False)
 
     def info(self, message: str) -> None:
         if not self.quiet and not self.as_json:
-            self.console.print(message)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def show(self, renderable: Any) -> None:
         """A table or other rich renderable — the command's human-readable result."""

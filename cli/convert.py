@@ -10,8 +10,6 @@ import torch
 import typer
 
 from surgeon.cli.failures import InputError, UsageError, run_guarded
-from surgeon.cli.files import check_output, default_output, save_model
-from surgeon.cli.models import example_inputs, load_model
 from surgeon.cli.options import (
     ArchOption,
     ExcludeOption,
@@ -24,10 +22,10 @@ from surgeon.cli.options import (
     SeedOption,
     TrustOption,
     parse_depth,
-    parse_shape,
     regex_union,
 )
 from surgeon.cli.output import Output
+from surgeon.cli.pipeline import transform_and_save
 
 
 class LinearKind(str, Enum):
@@ -88,9 +86,7 @@ def convert_command(
     out = Output(quiet, as_json)
 
     def action() -> None:
-        from surgeon.reporting import report
         from surgeon.surgery.convert import convert
-        from surgeon.surgery.record import records
 
         parsed_depth = parse_depth(depth)
         if max_error is not None and not 0 < max_error < 1:
@@ -100,31 +96,15 @@ def convert_command(
                              "--max-error)")
         if calib is not None and init is not InitKind.fit:
             raise UsageError("--calib is only used with --init fit")
-        target = output or default_output(model, linear.value)
-        check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
         calibration = load_calibration(calib) if calib else None
-        loaded = load_model(model, arch=arch, trust=trust)
-        out.info(f"loaded {model} ({loaded.kind}); converting with {linear.value}, init={init.value}")
-        if target.endswith(".pt") and loaded.kind != "pickle":
-            raise UsageError("a .pt output holds a pickled module and needs a pickled (--trust) input; "
-                             "use a .safetensors output")
-        kwargs = {"depth": parsed_depth} if linear is LinearKind.acdc else {}
+        kwargs: dict = {"depth": parsed_depth} if linear is LinearKind.acdc else {}
         if max_error is not None:
             kwargs["max_error"] = max_error
-        converted = convert(loaded.model, linear=linear.value, include=regex_union(include),
-                            exclude=regex_union(exclude), init=init.value, calibration=calibration, seed=seed, **kwargs)
-        change_count = len(records(converted)[-1].changes)
-        if change_count == 0:
-            skipped = records(converted)[-1].skipped
-            why = f"; skipped: {skipped[0].name} ({skipped[0].reason})" if skipped else ""
-            raise InputError(f"nothing to convert in {model}: no nn.Linear layer was selected{why}")
-        size = save_model(converted, target, arch=loaded.arch)
-        inputs = example_inputs(loaded, parse_shape(input_shape))
-        result = report(converted, baseline=loaded.model, example_inputs=inputs)
-        out.show(result)
-        out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
-        payload = result.to_dict()
-        payload["output"] = {"path": target, "bytes": size}
-        out.data(payload)
+        transform_and_save(out, model=model, output=output, tag=linear.value, arch=arch, trust=trust, force=force,
+                           input_shape=input_shape, targets="nn.Linear layer or F.linear call",
+                           transform=lambda loaded: convert(
+                               loaded.model, linear=linear.value, include=regex_union(include),
+                               exclude=regex_union(exclude), init=init.value, calibration=calibration, seed=seed,
+                               **kwargs))
 
     run_guarded(out, action)

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from surgeon.cli.failures import run_guarded
-from surgeon.cli.files import check_output, default_output, save_model
-from surgeon.cli.models import example_inputs, load_model
 from surgeon.cli.options import (
     ArchOption,
     ExcludeOption,
@@ -20,10 +18,10 @@ from surgeon.cli.options import (
     OutputOption,
     QuietOption,
     TrustOption,
-    parse_shape,
     regex_union,
 )
 from surgeon.cli.output import Output
+from surgeon.cli.pipeline import transform_and_save
 
 
 class NoiseMode(str, Enum):
@@ -32,18 +30,6 @@ class NoiseMode(str, Enum):
     nani = "nani"
     nanil = "nanil"
     nanis = "nanis"
-
-
-def _finish(out: Output, model_spec: str, loaded, transformed, target: str, input_shape: str | None) -> None:
-    from surgeon.reporting import report
-
-    size = save_model(transformed, target, arch=loaded.arch)
-    result = report(transformed, baseline=loaded.model, example_inputs=example_inputs(loaded, parse_shape(input_shape)))
-    out.show(result)
-    out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
-    payload = result.to_dict()
-    payload["output"] = {"path": target, "bytes": size}
-    out.data(payload)
 
 
 def noisify_command(
@@ -70,14 +56,13 @@ def noisify_command(
     def action() -> None:
         from surgeon.surgery.noisify import noisify
 
-        target = output or default_output(model, f"noisy-{mode.value}")
-        check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
-        loaded = load_model(model, arch=arch, trust=trust)
         kwargs = {} if c is None else {"c": c}
         chosen = tuple(t.strip() for t in targets.split(",") if t.strip())
-        transformed = noisify(loaded.model, mode=mode.value, targets=chosen, include=regex_union(include),
-                              exclude=regex_union(exclude), **kwargs)
-        _finish(out, model, loaded, transformed, target, input_shape)
+        transform_and_save(out, model=model, output=output, tag=f"noisy-{mode.value}", arch=arch, trust=trust,
+                           force=force, input_shape=input_shape, targets="sigmoid/tanh",
+                           transform=lambda loaded: noisify(
+                               loaded.model, mode=mode.value, targets=chosen, include=regex_union(include),
+                               exclude=regex_union(exclude), **kwargs))
 
     run_guarded(out, action)
 
@@ -106,12 +91,10 @@ def mollify_command(
     def action() -> None:
         from surgeon.surgery.mollify import mollify
 
-        target = output or default_output(model, "mollified")
-        check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
-        loaded = load_model(model, arch=arch, trust=trust)
         kwargs = {} if c is None else {"c": c}
-        transformed = mollify(loaded.model, skip=skip, include=regex_union(include), exclude=regex_union(exclude),
-                              **kwargs)
-        _finish(out, model, loaded, transformed, target, input_shape)
+        transform_and_save(out, model=model, output=output, tag="mollified", arch=arch, trust=trust, force=force,
+                           input_shape=input_shape, targets="activation", transform=lambda loaded: mollify(
+                               loaded.model, skip=skip, include=regex_union(include), exclude=regex_union(exclude),
+                               **kwargs))
 
     run_guarded(out, action)

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from surgeon.ops.acdc import RecomputingCascade
 from surgeon.ops.dct import dct_matrix
 
 INTERPRET = bool(knobs.runtime.interpret)
@@ -428,28 +429,12 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     return dx, sums[0].to(a.dtype, copy=True), sums[1].to(d.dtype, copy=True), db
 
 
-class ACDCCascadeFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels; saves only the inputs (the backward kernel recomputes)."""
-
-    @staticmethod
-    def forward(ctx, x, a, d, b, perms, activation):
-        ctx.activation = activation
-        ctx.has_bias = b is not None
-        ctx.save_for_backward(x, a, d, b if b is not None else a.new_empty(0), perms)
-        return acdc_cascade_forward(x, a, d, b, perms, activation)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, a, d, b, perms = ctx.saved_tensors
-        dx, da, dd, db = acdc_cascade_backward(grad, x, a, d, b if ctx.has_bias else None, perms, ctx.activation)
-        return dx, da, dd, db, None, None
-
-
 def acdc_cascade_triton(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                         perms: torch.Tensor | None, activation: str = "relu") -> torch.Tensor:
     """Differentiable fused cascade on x (..., N); a, d, b (K, N); perms (K-1, N) or None -> (..., N)."""
     n = x.shape[-1]
-    out = ACDCCascadeFunction.apply(x.reshape(-1, n), a, d, b, perms, activation)
+    out = RecomputingCascade.apply(x.reshape(-1, n), a, d, b, perms, activation, acdc_cascade_forward,
+                                   acdc_cascade_backward)
     return out.reshape(x.shape)
 
 

@@ -17,9 +17,9 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from surgeon.kernels.acdc import _accumulate, _check_device, _num_programs, _num_warps, split, supported
 from triton import knobs
 
+from surgeon.kernels.acdc import _accumulate, _check_device, _num_programs, _num_warps, split, supported
 from surgeon.ops.hadamard import hadamard_matrix
 
 INTERPRET = bool(knobs.runtime.interpret)

@@ -17,13 +17,13 @@ Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -50,6 +50,15 @@ _LSTM_GATES = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "c":
 _GRU_GATES = {"r": "sigmoid", "z": "sigmoid", "n": "tanh"}
 
 
+def _torch_rnn_init(module: nn.Module) -> None:
+    """torch's RNN init: every weight and bias ~ U(−1/√H, 1/√H)."""
+    bound = 1.0 / math.sqrt(module.hidden_size)
+    with torch.no_grad():
+        for name, param in module.named_parameters(recurse=False):
+            if name.startswith(("weight_", "bias_")):
+                param.uniform_(-bound, bound)
+
+
 def _check_gates(gates: str) -> str:
     gates = str(gates).lower()
     if gates not in GATE_KINDS:
@@ -183,12 +192,7 @@ class _NoisyRNNBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's init: every weight and bias ~ U(−1/√H, 1/√H)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for name, param in self.named_parameters(recurse=False):
-                if name.startswith(("weight_", "bias_")):
-                    param.uniform_(-bound, bound)
+        _torch_rnn_init(self)
 
     def _weights(
         self, layer: int, sfx: str
@@ -496,12 +500,7 @@ class _NoisyCellBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's init: every weight and bias ~ U(−1/√H, 1/√H)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        with torch.no_grad():
-            for name, param in self.named_parameters(recurse=False):
-                if name.startswith(("weight_", "bias_")):
-                    param.uniform_(-bound, bound)
+        _torch_rnn_init(self)
 
     def _acts(self) -> dict[str, Act]:
         if self.gate_activations is None:

@@ -188,22 +188,25 @@ def _activation_slope_(out: torch.Tensor, activation: str, scratch: torch.Tensor
     return None
 
 
-class _ACDCCascade(torch.autograd.Function):
-    """Saves only the input rows; every intermediate is recomputed in backward (§3.10.6)."""
+class RecomputingCascade(torch.autograd.Function):
+    """Autograd for a cascade engine that saves only the input rows; its backward recomputes every
+    intermediate (§3.10.6). ``forward_fn`` / ``backward_fn`` are the engine: the torch path here, the fused
+    Triton kernels in ``surgeon.kernels``; both have the signatures of :func:`acdc_cascade_forward` /
+    :func:`acdc_cascade_backward`."""
 
     @staticmethod
-    def forward(ctx, x, a, d, b, perms, activation):
-        ctx.activation = activation
+    def forward(ctx, x, a, d, b, perms, activation, forward_fn, backward_fn):
+        ctx.activation, ctx.backward_fn = activation, backward_fn
         ctx.has_bias = b is not None
         ctx.save_for_backward(x, a, d, b if b is not None else a.new_empty(0), perms)
-        return acdc_cascade_forward(x, a, d, b, perms, activation)
+        return forward_fn(x, a, d, b, perms, activation)
 
     @staticmethod
     def backward(ctx, grad):
         x, a, d, b, perms = ctx.saved_tensors
-        b = b if ctx.has_bias else None
-        dx, da, dd, db = acdc_cascade_backward(grad.contiguous(), x, a, d, b, perms, ctx.activation)
-        return dx, da, dd, db, None, None
+        dx, da, dd, db = ctx.backward_fn(grad.contiguous(), x, a, d, b if ctx.has_bias else None, perms,
+                                         ctx.activation)
+        return dx, da, dd, db, None, None, None, None
 
 
 def _as_rows(x: torch.Tensor, n: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -225,5 +228,6 @@ def acdc_cascade_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
     compute = _compute_dtype(x.dtype)
     rows, restore = _as_rows(x, n)
     params = [t if t is None else t.to(compute) for t in (a, d, b)]
-    out = _ACDCCascade.apply(rows.to(compute), *params, perms, activation)
+    out = RecomputingCascade.apply(rows.to(compute), *params, perms, activation, acdc_cascade_forward,
+                                   acdc_cascade_backward)
     return restore(out.to(x.dtype))

@@ -55,19 +55,17 @@ from surgeon.surgery.noisify import (
     NOISE_LEAVES,
     RECURRENT,
     SHARED,
+    ActivationRule,
     Units,
     activation_kind,
-    call_input,
     check_json,
     execution_order,
-    overridden_forward,
     prune_noise_skips,
-    recurrent_refusal,
     reference_device,
     site_units,
 )
 from surgeon.surgery.record import Change
-from surgeon.surgery.rules import Rule, Site, SurgeryContext
+from surgeon.surgery.rules import Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
 
 __all__ = ["DEFAULT_C", "mollify"]
@@ -120,7 +118,7 @@ class _Block:
         return _join(self.owner, self.keys[0])
 
 
-class MollifyRule(Rule):
+class MollifyRule(ActivationRule):
     """Activation sites -> MollifiedActivation; LSTM/GRU(Cell) -> mollified gates; and finds the skip blocks."""
 
     name = "mollify"
@@ -138,18 +136,6 @@ class MollifyRule(Rule):
         self.layers: dict[str, int] = {}
         self.blocks: list[_Block] = []
         self.device: torch.device | None = None
-
-    def call_args(self, site: Site, node: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        # Only the tensor: ``inplace=True`` of F.relu has no meaning for the replacement module.
-        return (call_input(node),), {}
-
-    def refuse(self, site: Site) -> str | None:
-        if site.source != "module":
-            return None
-        assert site.module is not None
-        if isinstance(site.module, tuple(RECURRENT)):
-            return recurrent_refusal(site.module)
-        return overridden_forward(site.module)
 
     @staticmethod
     def _is_recurrent(site: Site) -> bool:

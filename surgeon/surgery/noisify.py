@@ -292,7 +292,24 @@ def check_json(arguments: dict[str, Any], transform: str) -> None:
         raise ConfigError(f"{transform}: arguments must be JSON-able to be replayed from a checkpoint: {exc}") from None
 
 
-class NoisifyRule(Rule):
+class ActivationRule(Rule):
+    """What noisify and mollify share: activation call sites take only their tensor, and recurrent modules or
+    activations with a custom ``forward`` are refused with a reason."""
+
+    def call_args(self, site: Site, node: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Only the tensor: ``out=`` / ``inplace=`` arguments have no meaning for the replacement module.
+        return (call_input(node),), {}
+
+    def refuse(self, site: Site) -> str | None:
+        if site.source != "module":
+            return None
+        assert site.module is not None
+        if isinstance(site.module, tuple(RECURRENT)):
+            return recurrent_refusal(site.module)
+        return overridden_forward(site.module)
+
+
+class NoisifyRule(ActivationRule):
     """Sigmoid/tanh sites -> NoisyHardSigmoid/NoisyHardTanh; LSTM/GRU(Cell) -> noisy recurrent modules."""
 
     name = "noisify"
@@ -308,18 +325,6 @@ class NoisifyRule(Rule):
         self.unsupported = NOISE_LEAVES
         self.units: dict[str, Units] = {}
         self.device: torch.device | None = None
-
-    def call_args(self, site: Site, node: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        # Only the tensor: ``out=`` / ``inplace=`` arguments have no meaning for the replacement module.
-        return (call_input(node),), {}
-
-    def refuse(self, site: Site) -> str | None:
-        if site.source != "module":
-            return None
-        assert site.module is not None
-        if isinstance(site.module, tuple(RECURRENT)):
-            return recurrent_refusal(site.module)
-        return overridden_forward(site.module)
 
     def prepare(self, context: SurgeryContext) -> None:
         self.device = reference_device(context.root)

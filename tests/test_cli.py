@@ -264,3 +264,26 @@ def test_installed_entry_point_and_sigint_leaves_no_partial_file(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     assert not target.exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_noisify_and_mollify_commands_write_loadable_checkpoints(tmp_path):
+    from surgeon import load, records
+    from surgeon.zoo import LSTMLanguageModel
+
+    target = tmp_path / "lm.nah.safetensors"
+    code, _, err = run("noisify", "example:lstm-lm", "--mode", "nah", "-o", str(target), "-q")
+    assert code == 0, err
+    model = load(target, LSTMLanguageModel())
+    kinds = {c.new for c in records(model)[-1].changes}
+    assert {"NoisyLSTM", "NoisyHardTanh"} <= kinds
+    tokens = torch.randint(0, 1000, (2, 7))
+    assert torch.isfinite(model.eval()(tokens)).all()
+
+    target = tmp_path / "mlp.mollified.safetensors"
+    code, _, err = run("mollify", "example:mlp", "-o", str(target), "--json")
+    assert code == 0, err
+    model = load(target, MLP())
+    assert any(type(m).__name__ == "StochasticSkip" for m in model.modules())
+
+    code, _, err = run("noisify", "example:mlp", "-o", str(tmp_path / "none.safetensors"))
+    assert_one_line_error(code, err, 1, "sigmoid", "tanh")

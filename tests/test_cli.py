@@ -287,3 +287,16 @@ def test_noisify_and_mollify_commands_write_loadable_checkpoints(tmp_path):
 
     code, _, err = run("noisify", "example:mlp", "-o", str(tmp_path / "none.safetensors"))
     assert_one_line_error(code, err, 1, "sigmoid", "tanh")
+
+
+def test_train_runs_a_quick_recipe_and_rejects_unknown_ones(tmp_path):
+    import json
+
+    out_dir = tmp_path / "run"
+    code, out, err = run("train", "alexnet_fc_acdc", "--quick", "--out", str(out_dir), "--json")
+    assert code == 0, err
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert (out_dir / "alexnet_fc_acdc.png").stat().st_size > 0
+    assert json.loads(out)["recipe"] == metrics["recipe"] == "alexnet_fc_acdc"
+    code, _, err = run("train", "no_such_recipe", "--quick", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, 1, "no_such_recipe")

@@ -76,3 +76,11 @@ def test_conv_flops_from_output_size() -> None:
     rep = report(model, example_inputs=torch.randn(2, 3, 5, 5))
     assert _row(rep, "0").flops == 2 * 3 * 9 * 8 * 2 * 5 * 5
     assert rep.total.flops == 2 * 3 * 9 * 8 * 50 + 2 * 2 * 200 * 4
+
+
+def test_str_renders_the_tables() -> None:
+    from surgeon.reporting import report as make_report
+
+    dense = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    text = str(make_report(dense))
+    assert "0.weight" not in text and "Linear" in text and f"{128 * 128 + 128 + 128 * 10 + 10:,}" in text

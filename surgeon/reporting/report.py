@@ -10,6 +10,7 @@ untouched: no hooks or buffers are attached, and buffers a forward may update (B
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -112,6 +113,12 @@ class Report:
 
     def render(self, console: Console | None = None) -> None:
         (console or Console()).print(self)
+
+    def __str__(self) -> str:
+        """The rendered tables as plain text, so ``print(report)`` shows what the CLI shows."""
+        console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
+        console.print(self)
+        return console.export_text()
 
 
 def _count(value: int | None) -> str:

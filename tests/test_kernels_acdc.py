@@ -4,6 +4,8 @@ import os
 
 import torch
 
+from tests.backends import assert_backends_agree
+
 if not torch.cuda.is_available():
     # Triton reads this when a kernel is decorated; surgeon.kernels.ensure_mode() re-decorates if needed.
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -148,16 +150,7 @@ def test_backend_selection(monkeypatch):
 def test_layer_dispatch_and_padding():
     layer = ACDCLinear(100, 70, depth=3, seed=4)  # N = 128: padded input, truncated output
     x = torch.randn(2, 3, 100, requires_grad=True)
-    outs = {}
-    for backend in ("torch", "triton"):
-        layer.zero_grad()
-        x.grad = None
-        layer.backend = backend
-        y = layer(x)
-        y.square().sum().backward()
-        outs[backend] = [y.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())]
-    for got, want in zip(outs["triton"], outs["torch"], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_backends_agree(layer, x)
 
 
 def test_compile_fullgraph_no_graph_breaks():

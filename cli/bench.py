@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from surgeon.bench.kernels import DTYPES
 from surgeon.cli.failures import UsageError, run_guarded
 from surgeon.cli.options import JsonOption, QuietOption, parse_sizes
 from surgeon.cli.output import Output
@@ -55,7 +56,16 @@ def bench_command(
     sizes: Annotated[str | None, typer.Option("--sizes", help="Comma-separated N values.")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Rows per call (default 256 on CPU, 4096 on "
                                                                "CUDA).")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement.")] = 5,
+    depth: Annotated[int | None, typer.Option("--depth", help="ACDC factors per cascade (default 12 on CPU, 1 "
+                                                               "on CUDA).")] = None,
+    dtypes: Annotated[str | None, typer.Option("--dtypes", help="CUDA and --resources: comma-separated dtypes "
+                                                                 "(fp32, bf16, fp16).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement (CPU).")] = 5,
+    resources: Annotated[bool, typer.Option("--resources", help="Instead of timing: compile the kernels for "
+                                                                 "--gpu-arch and list registers, spills and "
+                                                                 "shared memory. Needs no GPU.")] = False,
+    gpu_arch: Annotated[int, typer.Option("--gpu-arch", help="With --resources: compute capability, e.g. 90 "
+                                                              "(H100), 80 (A100).")] = 90,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -63,33 +73,47 @@ def bench_command(
     """Time the structured layers against nn.Linear (ratios measured in this one run).
 
     Example: surgeon bench --device cpu --sizes 4096,8192
+
+    Example: surgeon bench --device cuda --dtypes fp32,bf16
+
+    Example: surgeon bench --resources --gpu-arch 90
     """
     out = Output(quiet, as_json)
 
     def action() -> None:
-        if batch is not None and batch < 1:
-            raise UsageError(f"--batch must be positive, got {batch}")
-        if repeats < 1:
-            raise UsageError(f"--repeats must be positive, got {repeats}")
-        from surgeon.bench.layers import bench_layers, machine_description
+        for name, value in (("--batch", batch), ("--depth", depth), ("--repeats", repeats)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be positive, got {value}")
+        size_list = parse_sizes(sizes) if sizes else None
+        dtype_list = _parse_dtypes(dtypes)
 
         with out.console.status("benchmarking", spinner="dots") if not (quiet or as_json) else _null() as status:
             def note(what: str) -> None:
                 if status is not None:
                     status.update(f"benchmarking {what}")
 
-            if device is BenchDevice.cpu:
-                rows = [r.to_dict() for r in bench_layers(
-                    parse_sizes(sizes) if sizes else (4096, 8192), batch=batch or 256, repeats=repeats,
-                    on_case=note)]
+            if resources:
+                from surgeon.kernels.resources import kernel_resources
+
+                if status is not None:
+                    status.update(f"compiling the kernels for sm_{gpu_arch}")
+                results = kernel_resources(size_list or (256, 1024, 4096, 8192, 16384),
+                                           dtypes=[DTYPES[d] for d in dtype_list or ("bf16",)], arch=gpu_arch)
+                title = f"Kernel resources compiled for sm_{gpu_arch} (static, no GPU run)"
+            elif device is BenchDevice.cpu:
+                from surgeon.bench.layers import bench_layers, machine_description
+
+                results = bench_layers(size_list or (4096, 8192), batch=batch or 256, depth=depth or 12,
+                                       repeats=repeats, on_case=note)
                 title = f"CPU, batch {batch or 256}, fp32 ({machine_description()})"
             else:
-                from surgeon.bench.kernels import bench_kernels
+                from surgeon.bench.kernels import bench_kernels, gpu_description
 
-                rows = [dict(r) if isinstance(r, dict) else r.to_dict() for r in bench_kernels(
-                    device="cuda", sizes=parse_sizes(sizes) if sizes else (512, 1024, 2048, 4096, 8192),
-                    batch=batch or 4096)]
-                title = f"CUDA kernels, batch {batch or 4096}"
+                results = bench_kernels(device="cuda", sizes=size_list or (512, 1024, 2048, 4096, 8192),
+                                        batch=batch or 4096, dtypes=dtype_list or ("fp32", "bf16"),
+                                        depth=depth or 1)
+                title = f"CUDA kernels, batch {batch or 4096}, depth {depth or 1} ({gpu_description()})"
+        rows = [r.to_dict() for r in results]
         if markdown:
             out.info(f"{title}\n\n{rows_markdown(rows)}")
         else:
@@ -97,6 +121,16 @@ def bench_command(
         out.data(rows)
 
     run_guarded(out, action)
+
+
+def _parse_dtypes(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown or not names:
+        raise UsageError(f"--dtypes takes {', '.join(DTYPES)}; got {text!r}")
+    return names
 
 
 class _null:

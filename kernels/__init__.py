@@ -11,20 +11,24 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from surgeon.kernels import acdc, fastfood
+from surgeon.kernels import acdc, acdc_staged, common, fastfood
 from surgeon.kernels.acdc import acdc_cascade_triton, acdc_factor_triton
 from surgeon.kernels.fastfood import fastfood_triton
 
-__all__ = ["acdc", "acdc_cascade_triton", "acdc_factor_triton", "ensure_mode", "fastfood", "fastfood_triton"]
+__all__ = ["acdc", "acdc_cascade_triton", "acdc_factor_triton", "acdc_staged", "common", "ensure_mode", "fastfood",
+           "fastfood_triton"]
 
 
 def ensure_mode() -> tuple[ModuleType, ModuleType]:
     """``(acdc, fastfood)`` kernel modules decorated for the current ``TRITON_INTERPRET`` setting."""
-    global acdc, fastfood
+    global acdc, acdc_staged, common, fastfood
     from triton import knobs
 
     mode = bool(knobs.runtime.interpret)
-    if mode not in (acdc.INTERPRET, fastfood.INTERPRET) or acdc.INTERPRET != fastfood.INTERPRET:
+    if any(mode != module.INTERPRET for module in (common, acdc_staged, acdc, fastfood)):
+        # Dependencies first, so that the kernels re-decorated last call re-decorated helpers.
+        common = importlib.reload(common)
+        acdc_staged = importlib.reload(acdc_staged)
         acdc = importlib.reload(acdc)
         fastfood = importlib.reload(fastfood)
     return acdc, fastfood

@@ -30,7 +30,10 @@ Sample and frequency tiles of one row stay in registers between the stages and a
 round trip is the fixed permutation between factors: a tile cannot be permuted in registers, so it goes through
 a per-program fp32 scratch row (``P × N`` floats, P ≈ 2 × #SMs, i.e. L2-resident, not batch-sized). Without
 permutations the whole cascade never leaves the chip. For N > 4096 the 128-wide fp32 tiles exceed the register
-file and Triton spills to local memory (L1/L2 backed): results stay correct, speed degrades.
+file and Triton spills to local memory (L1/L2 backed). At N = 16384 the tile's ``tl.dot`` operands would need
+more shared memory than a block may have, so those rows (and any N a smaller GPU has no room for: the launch
+raises ``OutOfResources`` before running) go to :mod:`surgeon.kernels.acdc_staged`, which streams the tile in
+slabs through an L2-resident scratch row.
 
 Backward (eqs. 3.28–3.32, nothing divided by a diagonal) recomputes: a forward sweep writes each factor's
 (unpermuted) input to a per-program scratch ``(P, K, rows, N)``, then the factors are undone last to first,
@@ -40,102 +43,40 @@ recomputing ``h2 = C(z_k ⊙ a_k)`` from ``z_k``. Per-program partial sums of ``
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 import triton
 import triton.language as tl
 from triton import knobs
+from triton.runtime.errors import OutOfResources
 
+from surgeon.kernels import acdc_staged
+from surgeon.kernels.common import (
+    ACT_CODES,
+    DENSE_MAX_N,
+    DENSE_ROWS,
+    MAX_N,
+    MIN_N,
+    accumulate,
+    act_fwd,
+    act_slope,
+    check_device,
+    dct_tables,
+    dot_precision,
+    load_square,
+    num_programs,
+    num_warps,
+    split,
+    supported,
+    tile_meta,
+)
 from surgeon.ops.acdc import RecomputingCascade
-from surgeon.ops.dct import dct_matrix
 
 INTERPRET = bool(knobs.runtime.interpret)
-ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
-MIN_N, MAX_N = 16, 16384
-DENSE_MAX_N = 128
-DENSE_ROWS = 16
-_SCRATCH_BUDGET = 256 * 2**20  # bytes of per-program scratch + partial gradients in the backward pass
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def supported(n: int, dtype: torch.dtype) -> bool:
-    """Whether the kernels handle rows of size ``n`` in ``dtype`` (powers of two 16..16384, fp32/bf16/fp16)."""
-    return MIN_N <= n <= MAX_N and n & (n - 1) == 0 and dtype in _DTYPES
-
-
-def split(n: int) -> tuple[bool, int, int]:
-    """``(dense, R, C)``: the register tile is R x C; dense tiles hold R rows of C = n samples."""
-    if n <= DENSE_MAX_N:
-        return True, DENSE_ROWS, n
-    n1 = 1 << ((n.bit_length() - 1 + 1) // 2)
-    return False, n1, n // n1
-
-
-@functools.lru_cache(maxsize=32)
-def _tables_cpu(n: int) -> tuple[torch.Tensor, ...]:
-    dense, r, c = split(n)
-    if dense:
-        mat = dct_matrix(n, dtype=torch.float64)
-        dummy = torch.zeros(1, dtype=torch.float64)
-        return (mat.T.contiguous(), dummy, dummy, dummy, mat.contiguous(), dummy, dummy, dummy)
-    two_pi = 2 * math.pi
-    i1, i2 = torch.arange(r, dtype=torch.float64), torch.arange(c, dtype=torch.float64)
-    f1 = torch.polar(torch.ones(r, r, dtype=torch.float64), -two_pi * torch.outer(i1, i1) / r)
-    tw = torch.polar(torch.ones(r, c, dtype=torch.float64), -two_pi * torch.outer(i1, i2) / n)
-    f2 = torch.polar(torch.ones(c, c, dtype=torch.float64), -two_pi * torch.outer(i2, i2) / c)
-    k = i1[:, None] + r * i2[None, :]  # frequency of tile slot [k1, k2]
-    scale = torch.full_like(k, math.sqrt(2.0 / n))
-    scale[0, 0] = math.sqrt(1.0 / n)
-    post = torch.polar(scale, -math.pi * k / (2 * n))
-    return tuple(t.contiguous() for t in (f1.real, f1.imag, tw.real, tw.imag, f2.real, f2.imag,
-                                          post.real, post.imag))
-
-
-_TABLES: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
-
-
-def dct_tables(n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """fp32 constants ``(F1r, F1i, Wr, Wi, F2r, F2i, Pr, Pi)`` (dense: ``(Cᵀ, -, -, -, C, -, -, -)``) on ``device``."""
-    key = (n, str(device))
-    if key not in _TABLES:
-        _TABLES[key] = tuple(t.to(device=device, dtype=torch.float32) for t in _tables_cpu(n))
-    return _TABLES[key]
+__all__ = ["ACT_CODES", "DENSE_MAX_N", "DENSE_ROWS", "MAX_N", "MIN_N", "acdc_cascade_backward",
+           "acdc_cascade_forward", "acdc_cascade_triton", "acdc_factor_triton", "dct_tables", "split", "supported"]
 
 
 # ----------------------------------------------------------------------------------------------- device code
-
-
-@triton.jit
-def _act_fwd(y, ACT: tl.constexpr):
-    if ACT == 1:
-        out = tl.maximum(y, 0.0)
-    elif ACT == 2:
-        out = tl.where(y > 0, y, y * 0.01)
-    elif ACT == 3:
-        out = 2.0 * tl.sigmoid(2.0 * y) - 1.0
-    elif ACT == 4:
-        out = tl.sigmoid(y)
-    else:
-        out = y
-    return out
-
-
-@triton.jit
-def _act_slope(out, ACT: tl.constexpr):
-    # Written in terms of the activation's output, which is what the scratch keeps.
-    if ACT == 1:
-        s = tl.where(out > 0, 1.0, 0.0)
-    elif ACT == 2:
-        s = tl.where(out > 0, 1.0, 0.01)
-    elif ACT == 3:
-        s = 1.0 - out * out
-    elif ACT == 4:
-        s = out * (1.0 - out)
-    else:
-        s = out * 0.0 + 1.0
-    return s
 
 
 @triton.jit
@@ -156,17 +97,11 @@ def _layout(N: tl.constexpr, R: tl.constexpr, C: tl.constexpr, DENSE: tl.constex
 
 
 @triton.jit
-def _load_square(ptr, S: tl.constexpr):
-    o = tl.arange(0, S)
-    return tl.load(ptr + o[:, None] * S + o[None, :])
-
-
-@triton.jit
 def _load_tables(f1r_ptr, f1i_ptr, twr_ptr, twi_ptr, f2r_ptr, f2i_ptr, pr_ptr, pi_ptr,
                  N: tl.constexpr, R: tl.constexpr, C: tl.constexpr, DENSE: tl.constexpr):
     if DENSE:
-        f1r = _load_square(f1r_ptr, N)
-        f2r = _load_square(f2r_ptr, N)
+        f1r = load_square(f1r_ptr, N)
+        f2r = load_square(f2r_ptr, N)
         f1i = f1r
         twr = f1r
         twi = f1r
@@ -174,10 +109,10 @@ def _load_tables(f1r_ptr, f1i_ptr, twr_ptr, twi_ptr, f2r_ptr, f2i_ptr, pr_ptr, p
         pr = f1r
         pi = f1r
     else:
-        f1r = _load_square(f1r_ptr, R)
-        f1i = _load_square(f1i_ptr, R)
-        f2r = _load_square(f2r_ptr, C)
-        f2i = _load_square(f2i_ptr, C)
+        f1r = load_square(f1r_ptr, R)
+        f1i = load_square(f1i_ptr, R)
+        f2r = load_square(f2r_ptr, C)
+        f2i = load_square(f2i_ptr, C)
         rc = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
         twr = tl.load(twr_ptr + rc)
         twi = tl.load(twi_ptr + rc)
@@ -219,12 +154,6 @@ def _dct3(h, f1r, f1i, twr, twi, f2r, f2i, pr, pi, DENSE: tl.constexpr, PREC: tl
 
 
 @triton.jit
-def _accumulate(ptr, value):
-    # The partial-gradient row belongs to this program alone, so a plain read-modify-write is race free.
-    tl.store(ptr, tl.load(ptr) + value)
-
-
-@triton.jit
 def _acdc_fwd_kernel(x_ptr, y_ptr, scr_ptr, a_ptr, d_ptr, b_ptr, perm_ptr,
                      f1r_ptr, f1i_ptr, twr_ptr, twi_ptr, f2r_ptr, f2i_ptr, pr_ptr, pi_ptr,
                      M, K, n_tiles, n_progs,
@@ -249,7 +178,7 @@ def _acdc_fwd_kernel(x_ptr, y_ptr, scr_ptr, a_ptr, d_ptr, b_ptr, perm_ptr,
                 h = h + tl.load(b_ptr + k * N + fcol)
             y = _dct3(h, f1r, f1i, twr, twi, f2r, f2i, pr, pi, DENSE, PREC)
             if k < K - 1:
-                y = _act_fwd(y, ACT)
+                y = act_fwd(y, ACT)
                 if HAS_PERM:
                     tl.store(scr + scol, y)
                     tl.debug_barrier()
@@ -287,7 +216,7 @@ def _acdc_bwd_kernel(x_ptr, g_ptr, dx_ptr, zbuf_ptr, gscr_ptr, ga_ptr, gd_ptr, g
             h = h * tl.load(d_ptr + k * N + fcol)
             if HAS_BIAS:
                 h = h + tl.load(b_ptr + k * N + fcol)
-            y = _act_fwd(_dct3(h, f1r, f1i, twr, twi, f2r, f2i, pr, pi, DENSE, PREC), ACT)
+            y = act_fwd(_dct3(h, f1r, f1i, twr, twi, f2r, f2i, pr, pi, DENSE, PREC), ACT)
             tl.store(zb + (k + 1) * (ROWS * N) + scol, y)
             if HAS_PERM:
                 tl.debug_barrier()
@@ -312,18 +241,18 @@ def _acdc_bwd_kernel(x_ptr, g_ptr, dx_ptr, zbuf_ptr, gscr_ptr, ga_ptr, gd_ptr, g
             base = part + k * N
             if DENSE:
                 # Padding rows carry g = 0, so they add nothing to the column sums.
-                _accumulate(ga_ptr + base + vec, tl.sum(z * g1, axis=0))
-                _accumulate(gd_ptr + base + vec, tl.sum(h2 * g3, axis=0))
+                accumulate(ga_ptr + base + vec, tl.sum(z * g1, axis=0))
+                accumulate(gd_ptr + base + vec, tl.sum(h2 * g3, axis=0))
                 if HAS_BIAS:
-                    _accumulate(gb_ptr + base + vec, tl.sum(g3, axis=0))
+                    accumulate(gb_ptr + base + vec, tl.sum(g3, axis=0))
             else:
-                _accumulate(ga_ptr + base + scol, z * g1)
-                _accumulate(gd_ptr + base + fcol, h2 * g3)
+                accumulate(ga_ptr + base + scol, z * g1)
+                accumulate(gd_ptr + base + fcol, h2 * g3)
                 if HAS_BIAS:
-                    _accumulate(gb_ptr + base + fcol, g3)
+                    accumulate(gb_ptr + base + fcol, g3)
             g = g1 * a
             if k > 0:
-                g = g * _act_slope(z, ACT)
+                g = g * act_slope(z, ACT)
                 if HAS_PERM:
                     # z_k[i] = act(y)[perm[i]]: the gradient of y[perm[i]] is the permuted-back g[i].
                     tl.debug_barrier()
@@ -337,27 +266,8 @@ def _acdc_bwd_kernel(x_ptr, g_ptr, dx_ptr, zbuf_ptr, gscr_ptr, ga_ptr, gd_ptr, g
 # ------------------------------------------------------------------------------------------------- host code
 
 
-def _check_device(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        return
-    if x.device.type == "cpu" and INTERPRET:
-        return
-    if x.device.type == "cpu" and knobs.runtime.interpret:
-        raise RuntimeError("surgeon.kernels was imported before TRITON_INTERPRET=1 was set; call "
-                           "surgeon.kernels.ensure_mode() (the dispatcher does) before launching on CPU")
-    raise RuntimeError(f"the Triton ACDC kernels need a CUDA tensor (got {x.device}); on CPU they run only "
-                       "under the Triton interpreter, i.e. with TRITON_INTERPRET=1 set before importing triton")
-
-
-def _num_programs(n_tiles: int, device: torch.device, per_program_bytes: int) -> int:
-    # The interpreter runs programs one by one; a few still exercise the persistent loop.
-    cap = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    cap = min(cap, max(1, _SCRATCH_BUDGET // max(per_program_bytes, 1)))
-    return max(1, min(n_tiles, cap))
-
-
-def _num_warps(n: int) -> int:
-    return 4 if n <= 1024 else 8 if n <= 4096 else 16
+# Register-tile launches that found too little shared memory on a device: (pass, N, device, dtype).
+_NO_ROOM: set[tuple[str, int, str, torch.dtype]] = set()
 
 
 def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
@@ -368,63 +278,119 @@ def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor 
                          f"fp16; got N={n}, {x.dtype}")
     if activation not in ACT_CODES:
         raise ValueError(f"unknown activation {activation!r}")
-    _check_device(x)
+    check_device(x)
     f32 = {"device": x.device, "dtype": torch.float32}
     a32, d32 = a.to(**f32).contiguous(), d.to(**f32).contiguous()
     b32 = None if b is None else b.to(**f32).contiguous()
     p32 = None if perms is None or a.shape[0] < 2 else perms.to(device=x.device, dtype=torch.int32).contiguous()
-    dense, r, c = split(n)
-    consts = {"N": n, "R": r, "C": c, "DENSE": dense, "HAS_BIAS": b is not None, "HAS_PERM": p32 is not None,
-              "ACT": ACT_CODES[activation], "PREC": "ieee" if x.dtype == torch.float32 else "tf32"}
-    return a32, d32, b32, p32, consts
+    consts = {"N": n, "HAS_BIAS": b is not None, "HAS_PERM": p32 is not None, "ACT": ACT_CODES[activation],
+              "PREC": dot_precision(x.dtype)}
+    # Unused pointer arguments still need a tensor; the constexpr flags keep the kernels from reading it.
+    return a32, d32, a32 if b32 is None else b32, a32 if p32 is None else p32, consts
+
+
+def _no_room_key(pass_: str, x: torch.Tensor) -> tuple[str, int, str, torch.dtype]:
+    name = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
+    return pass_, x.shape[-1], name, x.dtype
+
+
+def _run_staged(pass_: str, x: torch.Tensor, staged: bool | None) -> bool:
+    n = x.shape[-1]
+    if staged is None:
+        return n >= acdc_staged.STAGED_MIN_N or _no_room_key(pass_, x) in _NO_ROOM
+    return staged
+
+
+def _launch(pass_: str, x: torch.Tensor, staged: bool | None, tiles, stages) -> None:
+    """Run the register-tile kernel, or the staged one when asked, when N is too large, or when it has no room."""
+    if not _run_staged(pass_, x, staged):
+        try:
+            tiles()
+            return
+        except OutOfResources:  # raised before anything runs, so nothing is half written
+            if staged is not None:
+                raise
+            _NO_ROOM.add(_no_room_key(pass_, x))
+    stages()
 
 
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
-                         perms: torch.Tensor | None, activation: str) -> torch.Tensor:
-    """Fused cascade forward: x (M, N); a, d, b (K, N); perms (K-1, N) or None -> (M, N) in ``x.dtype``."""
+                         perms: torch.Tensor | None, activation: str, staged: bool | None = None) -> torch.Tensor:
+    """Fused cascade forward: x (M, N); a, d, b (K, N); perms (K-1, N) or None -> (M, N) in ``x.dtype``.
+
+    ``staged`` forces (True) or forbids (False) :mod:`surgeon.kernels.acdc_staged`; by default it runs for
+    N ≥ 16384 and wherever the register-tile kernel does not fit the device's shared memory.
+    """
     x = x.contiguous()
     m, n = x.shape
-    a32, d32, b32, p32, consts = _prepare(x, a, d, b, perms, activation)
+    a32, d32, bias, perm, consts = _prepare(x, a, d, b, perms, activation)
     y = torch.empty_like(x)
     if m == 0:
         return y
-    rows = consts["R"] if consts["DENSE"] else 1
-    n_tiles = triton.cdiv(m, rows)
-    progs = _num_programs(n_tiles, x.device, rows * n * 4)
-    scratch = torch.empty((progs, rows * n) if p32 is not None else (1,), device=x.device, dtype=torch.float32)
-    dummy = a32
-    _acdc_fwd_kernel[(progs,)](x, y, scratch, a32, d32, dummy if b32 is None else b32, dummy if p32 is None else p32,
-                               *dct_tables(n, x.device), m, a32.shape[0], n_tiles, progs,
-                               num_warps=_num_warps(n), **consts)
+    depth = a32.shape[0]
+    tables = dct_tables(n, x.device)
+    f32 = {"device": x.device, "dtype": torch.float32}
+
+    def tiles() -> None:
+        meta = tile_meta(n)
+        rows = meta["R"] if meta["DENSE"] else 1
+        n_tiles = triton.cdiv(m, rows)
+        progs = num_programs(n_tiles, x.device, rows * n * 4)
+        scratch = torch.empty((progs, rows * n) if consts["HAS_PERM"] else (1,), **f32)
+        _acdc_fwd_kernel[(progs,)](x, y, scratch, a32, d32, bias, perm, *tables, m, depth, n_tiles, progs,
+                                   num_warps=num_warps(n), **meta, **consts)
+
+    def stages() -> None:
+        progs = num_programs(m, x.device, 4 * n * 4, per_sm=1)
+        scratch = torch.empty((progs, 4 * n), **f32)
+        acdc_staged._acdc_fwd_staged_kernel[(progs,)](x, y, scratch, a32, d32, bias, perm, *tables, m, depth, progs,
+                                                      num_warps=num_warps(n), num_stages=acdc_staged.NUM_STAGES,
+                                                      **acdc_staged.staged_meta(n), **consts)
+
+    _launch("fwd", x, staged, tiles, stages)
     return y
 
 
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
-                          b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
+                          b: torch.Tensor | None, perms: torch.Tensor | None, activation: str,
+                          staged: bool | None = None):
     """Fused cascade backward, recomputing from ``x``: returns ``(dx, da, dd, db)``, shapes (M, N), (K, N) x 3.
 
     ``dx`` has ``x.dtype``; parameter gradients the parameters' dtypes; ``db`` is None without a bias.
+    ``staged`` as in :func:`acdc_cascade_forward`.
     """
     x, grad = x.contiguous(), grad.contiguous()
     m, n = x.shape
     depth = a.shape[0]
-    a32, d32, b32, p32, consts = _prepare(x, a, d, b, perms, activation)
-    rows = consts["R"] if consts["DENSE"] else 1
-    n_tiles = max(triton.cdiv(m, rows), 1)
-    per_prog = (3 * depth * n + depth * rows * n + rows * n) * 4
-    progs = _num_programs(n_tiles, x.device, per_prog)
+    a32, d32, bias, perm, consts = _prepare(x, a, d, b, perms, activation)
+    tables = dct_tables(n, x.device)
     f32 = {"device": x.device, "dtype": torch.float32}
-    parts = torch.zeros((3, progs, depth, n), **f32)
-    zbuf = torch.empty((progs, depth, rows, n) if depth > 1 else (1,), **f32)
-    gscr = torch.empty((progs, rows, n) if p32 is not None else (1,), **f32)
     dx = torch.empty_like(x)
+    partials: list[torch.Tensor] = [torch.zeros((3, 1, depth, n), **f32)]
+
+    def tiles() -> None:
+        meta = tile_meta(n)
+        rows = meta["R"] if meta["DENSE"] else 1
+        n_tiles = max(triton.cdiv(m, rows), 1)
+        progs = num_programs(n_tiles, x.device, (3 * depth * n + depth * rows * n + rows * n) * 4)
+        parts = partials[0] = torch.zeros((3, progs, depth, n), **f32)
+        zbuf = torch.empty((progs, depth, rows, n) if depth > 1 else (1,), **f32)
+        gscr = torch.empty((progs, rows, n) if consts["HAS_PERM"] else (1,), **f32)
+        _acdc_bwd_kernel[(progs,)](x, grad, dx, zbuf, gscr, parts[0], parts[1], parts[2], a32, d32, perm, bias,
+                                   *tables, m, depth, n_tiles, progs, num_warps=num_warps(n), **meta, **consts)
+
+    def stages() -> None:
+        progs = num_programs(m, x.device, (3 * depth * n + depth * n + 6 * n) * 4, per_sm=1)
+        parts = partials[0] = torch.zeros((3, progs, depth, n), **f32)
+        zbuf = torch.empty((progs, depth, n), **f32)
+        scratch = torch.empty((progs, 6 * n), **f32)
+        acdc_staged._acdc_bwd_staged_kernel[(progs,)](
+            x, grad, dx, zbuf, scratch, parts[0], parts[1], parts[2], a32, d32, perm, bias, *tables, m, depth,
+            progs, num_warps=num_warps(n), num_stages=acdc_staged.NUM_STAGES, **acdc_staged.staged_meta(n), **consts)
+
     if m > 0:
-        dummy = a32
-        _acdc_bwd_kernel[(progs,)](x, grad, dx, zbuf, gscr, parts[0], parts[1], parts[2], a32, d32,
-                                   dummy if p32 is None else p32, dummy if b32 is None else b32,
-                                   *dct_tables(n, x.device), m, depth, n_tiles, progs,
-                                   num_warps=_num_warps(n), **consts)
-    sums = parts.sum(1)
+        _launch("bwd", x, staged, tiles, stages)
+    sums = partials[0].sum(1)
     db = None if b is None else sums[2].to(b.dtype, copy=True)
     return dx, sums[0].to(a.dtype, copy=True), sums[1].to(d.dtype, copy=True), db
 

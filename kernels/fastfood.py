@@ -19,7 +19,16 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from surgeon.kernels.acdc import _accumulate, _check_device, _num_programs, _num_warps, split, supported
+from surgeon.kernels.common import (
+    accumulate,
+    check_device,
+    dot_precision,
+    num_programs,
+    num_warps,
+    split,
+    supported,
+    tile_meta,
+)
 from surgeon.ops.hadamard import hadamard_matrix
 
 INTERPRET = bool(knobs.runtime.interpret)
@@ -136,20 +145,20 @@ def _fastfood_bwd_kernel(x_ptr, gy_ptr, dx_ptr, scr_ptr, gs_ptr, gg_ptr, gb_ptr,
             gy = tl.load(gy_ptr + row * (NB * N) + p, mask=rmask, other=0.0).to(tl.float32)
             gw = _hadamard(gy * tl.load(s_ptr + p), h1, h2, DENSE, PREC) * inv_norm
             if DENSE:
-                _accumulate(gs_ptr + part + blk * N + vec, tl.sum(gy * q, axis=0))
-                _accumulate(gg_ptr + part + blk * N + vec, tl.sum(gw * w, axis=0))
+                accumulate(gs_ptr + part + blk * N + vec, tl.sum(gy * q, axis=0))
+                accumulate(gg_ptr + part + blk * N + vec, tl.sum(gw * w, axis=0))
             else:
-                _accumulate(gs_ptr + part + p, gy * q)
-                _accumulate(gg_ptr + part + p, gw * w)
+                accumulate(gs_ptr + part + p, gy * q)
+                accumulate(gg_ptr + part + p, gw * w)
             # (Π u)[i] = u[perm[i]], so Πᵀ scatters the gradient back through the same indices.
             tl.debug_barrier()
             tl.store(scr + perm, gw * gg)
             tl.debug_barrier()
             gv = _hadamard(tl.load(scr + col), h1, h2, DENSE, PREC) * inv_norm
             if DENSE:
-                _accumulate(gb_ptr + part + blk * N + vec, tl.sum(gv * x, axis=0))
+                accumulate(gb_ptr + part + blk * N + vec, tl.sum(gv * x, axis=0))
             else:
-                _accumulate(gb_ptr + part + p, gv * x)
+                accumulate(gb_ptr + part + p, gv * x)
             dx += gv * bb
             tl.debug_barrier()
         tl.store(dx_ptr + row * N + col, dx.to(dx_ptr.dtype.element_ty), mask=rmask)
@@ -160,12 +169,11 @@ def _prepare(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: 
     if not supported(n, x.dtype):
         raise ValueError(f"the Triton Fastfood kernels need a power-of-two d in [16, 16384] and fp32/bf16/fp16; "
                          f"got d={n}, {x.dtype}")
-    _check_device(x)
+    check_device(x)
     f32 = {"device": x.device, "dtype": torch.float32}
     params = [t.to(**f32).contiguous() for t in (scale, gauss, binary)]
     perm32 = perm.to(device=x.device, dtype=torch.int32).contiguous()
-    dense, r, c = split(n)
-    consts = {"N": n, "R": r, "C": c, "DENSE": dense, "PREC": "ieee" if x.dtype == torch.float32 else "tf32"}
+    consts = {"N": n, "PREC": dot_precision(x.dtype), **tile_meta(n)}
     return params, perm32, consts
 
 
@@ -181,10 +189,10 @@ def fastfood_forward(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, 
         return y
     rows = consts["R"] if consts["DENSE"] else 1
     n_tiles = triton.cdiv(m, rows)
-    progs = _num_programs(n_tiles, x.device, rows * n * 4)
+    progs = num_programs(n_tiles, x.device, rows * n * 4)
     scratch = torch.empty((progs, rows * n), device=x.device, dtype=torch.float32)
     _fastfood_fwd_kernel[(progs,)](x, y, scratch, s32, g32, b32, perm32, *hadamard_tables(n, x.device),
-                                   m, blocks, n_tiles, progs, float(n) ** -0.5, num_warps=_num_warps(n), **consts)
+                                   m, blocks, n_tiles, progs, float(n) ** -0.5, num_warps=num_warps(n), **consts)
     return y
 
 
@@ -197,14 +205,14 @@ def fastfood_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, 
     blocks = s32.shape[0]
     rows = consts["R"] if consts["DENSE"] else 1
     n_tiles = max(triton.cdiv(m, rows), 1)
-    progs = _num_programs(n_tiles, x.device, (3 * blocks * n + rows * n) * 4)
+    progs = num_programs(n_tiles, x.device, (3 * blocks * n + rows * n) * 4)
     parts = torch.zeros((3, progs, blocks, n), device=x.device, dtype=torch.float32)
     scratch = torch.empty((progs, rows * n), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     if m > 0:
         _fastfood_bwd_kernel[(progs,)](x, grad, dx, scratch, parts[0], parts[1], parts[2], s32, g32, b32, perm32,
                                        *hadamard_tables(n, x.device), m, blocks, n_tiles, progs, float(n) ** -0.5,
-                                       num_warps=_num_warps(n), **consts)
+                                       num_warps=num_warps(n), **consts)
     sums = parts.sum(1)
     return (dx, sums[0].to(scale.dtype, copy=True), sums[1].to(gauss.dtype, copy=True),
             sums[2].to(binary.dtype, copy=True))

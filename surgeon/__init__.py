@@ -21,6 +21,7 @@ from surgeon.errors import (
     ConfigError,
     FitError,
     FitWarning,
+    KernelFallbackWarning,
     SelectionError,
     SelectionWarning,
     SurgeonError,
@@ -53,9 +54,9 @@ from surgeon.surgery.rules import Replacement, Rule, Site
 
 __all__ = [
     "ACDCLinear", "Annealer", "CheckpointError", "ConfigError", "ExportError", "ExportResult", "FastfoodLinear",
-    "FitError", "FitWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU", "NoisyGRUCell", "NoisyHardSigmoid",
-    "NoisyHardTanh", "NoisyLSTM", "NoisyLSTMCell", "Replacement", "Report", "Rule", "SelectionError",
-    "SelectionWarning", "Site", "StochasticSkip", "SurgeonError", "SurgeonWarning", "SurgeryError", "SurgeryRecord",
-    "TraceFallbackWarning", "__version__", "apply_surgery", "convert", "dct", "export_onnx", "fwht", "idct", "load",
-    "mollify", "noisify", "onnx_latency", "records", "report", "save",
+    "FitError", "FitWarning", "KernelFallbackWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU",
+    "NoisyGRUCell", "NoisyHardSigmoid", "NoisyHardTanh", "NoisyLSTM", "NoisyLSTMCell", "Replacement", "Report",
+    "Rule", "SelectionError", "SelectionWarning", "Site", "StochasticSkip", "SurgeonError", "SurgeonWarning",
+    "SurgeryError", "SurgeryRecord", "TraceFallbackWarning", "__version__", "apply_surgery", "convert", "dct",
+    "export_onnx", "fwht", "idct", "load", "mollify", "noisify", "onnx_latency", "records", "report", "save",
 ]

@@ -38,6 +38,10 @@ class SelectionWarning(SurgeonWarning):
     """A selection argument had no effect (an ``exclude`` entry excluded nothing, nothing was converted)."""
 
 
+class KernelFallbackWarning(SurgeonWarning):
+    """A Triton kernel could not launch on this GPU (too little shared memory); the torch path ran instead."""
+
+
 class FitWarning(SurgeonWarning):
     """A fitted replacement missed the requested tolerance."""
 
@@ -46,6 +50,7 @@ __all__ = [
     "ConfigError",
     "FitError",
     "FitWarning",
+    "KernelFallbackWarning",
     "SelectionError",
     "SelectionWarning",
     "SurgeonError",

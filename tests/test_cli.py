@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -300,3 +301,37 @@ def test_train_runs_a_quick_recipe_and_rejects_unknown_ones(tmp_path):
     assert json.loads(out)["recipe"] == metrics["recipe"] == "alexnet_fc_acdc"
     code, _, err = run("train", "no_such_recipe", "--quick", "--out", str(tmp_path / "x"))
     assert_one_line_error(code, err, 1, "no_such_recipe")
+
+
+def test_bench_cpu_rows_as_json():
+    code, out, err = run("bench", "--device", "cpu", "--sizes", "256", "--batch", "4", "--depth", "2",
+                         "--repeats", "1", "--json", "-q")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["candidate_ms"] > 0 and r["baseline_ms"] > 0 for r in rows)
+    assert any("depth 2" in r["candidate"] for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_bench_cuda_without_a_gpu_is_one_line():
+    code, _, err = run("bench", "--device", "cuda", "--sizes", "512")
+    assert_one_line_error(code, err, 1, "cuda")
+
+
+@pytest.mark.parametrize("args,needle", [(("--dtypes", "fp8"), "--dtypes"), (("--depth", "0"), "--depth"),
+                                         (("--sizes", "x"), "sizes")])
+def test_bench_bad_options(args, needle):
+    code, _, err = run("bench", *args)
+    assert_one_line_error(code, err, 2, needle)
+
+
+def test_bench_resources_needs_no_gpu():
+    from tests.test_kernels_resources import _tools_present
+
+    if not _tools_present():
+        pytest.skip("triton's NVIDIA tools are missing")
+    code, out, err = run("bench", "--resources", "--sizes", "256", "--gpu-arch", "90", "--json", "-q")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {r["kernel"] for r in rows} == {"acdc_fwd", "acdc_bwd", "fastfood_fwd", "fastfood_bwd"}
+    assert all(r["fits"] and r["arch"] == 90 and r["size"] == 256 for r in rows)

@@ -60,9 +60,16 @@ def test_matches_reference(n, blocks, lead):
 
 
 @needs_kernels
+@pytest.mark.parametrize("n", [64, 1024])
+def test_fp32_in_three_tf32_products_keeps_fp32_accuracy(n, tf32_dots, monkeypatch):
+    monkeypatch.setenv("SURGEON_FP32_DOT", "tf32x3")
+    _compare(n, 2, (3,))
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
 @pytest.mark.parametrize("n", [64, 512])
-def test_dtypes(n, dtype, atol, rtol):
+def test_dtypes(n, dtype, atol, rtol, tf32_dots):
     _compare(n, 2, (5,), dtype=dtype, atol=atol, rtol=rtol)
 
 

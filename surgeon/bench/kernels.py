@@ -40,8 +40,18 @@ class KernelBenchRow:
     linear_ms: float
     speedup_vs_linear: float
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, object]:
+        row = asdict(self)
+        row["pass"] = row.pop("pass_")
+        return row
+
+
+def gpu_description(device: str | torch.device = "cuda") -> str:
+    """GPU name with the torch, CUDA and triton versions: what a kernel table must be quoted with."""
+    import triton
+
+    return (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+            f"triton {triton.__version__}")
 
 
 def bytes_moved(batch: int, size: int, dtype: torch.dtype, pass_: str) -> int:

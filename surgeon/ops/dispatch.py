@@ -16,10 +16,14 @@ backward and recompute the intermediates.
 """
 
 import os
-from typing import Literal
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Literal, TypeVar
 
 import torch
 
+from surgeon.errors import KernelFallbackWarning
 from surgeon.ops.acdc import acdc_cascade_backward as _acdc_bwd_ref
 from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
 from surgeon.ops.acdc import canonical_activation
@@ -29,6 +33,7 @@ from surgeon.ops.hadamard import fwht
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "SURGEON_BACKEND"
+T = TypeVar("T")
 
 
 def _triton_importable() -> bool:
@@ -76,6 +81,30 @@ def _kernels():
     return ensure_mode()
 
 
+# Kernels a GPU had no room for: (op, N, device, dtype). Those calls take the torch path from then on.
+_NO_ROOM: set[tuple[str, int, str, torch.dtype]] = set()
+
+
+def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType], T]) -> T | None:
+    """``call(acdc, fastfood)`` on the kernel modules, or None (after one warning) if the GPU cannot launch it.
+
+    Triton raises ``OutOfResources`` before a kernel starts, so nothing has been written when this returns None.
+    """
+    from triton.runtime.errors import OutOfResources
+
+    device = torch.cuda.get_device_name(x.device) if x.is_cuda else x.device.type
+    key = (op, x.shape[-1], device, x.dtype)
+    if key in _NO_ROOM:
+        return None
+    try:
+        return call(*_kernels())
+    except OutOfResources as exc:
+        _NO_ROOM.add(key)
+        warnings.warn(f"the Triton {op} kernel cannot run on {device} at N={x.shape[-1]} in {x.dtype} ({exc}); "
+                      "using the torch path for it", KernelFallbackWarning, stacklevel=3)
+        return None
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -102,9 +131,11 @@ def _acdc_cascade_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
                      perms: torch.Tensor | None, activation: str, backend: str) -> torch.Tensor:
     n = x.shape[-1]
     rows = x.reshape(-1, n)
+    out = None
     if resolve_backend(x, backend) == "triton":
-        out = _kernels()[0].acdc_cascade_forward(rows, a, d, b, perms, activation)
-    else:
+        out = _on_kernels("acdc_cascade", x, lambda acdc, _: acdc.acdc_cascade_forward(rows, a, d, b, perms,
+                                                                                         activation))
+    if out is None:
         c = _compute_dtype(x.dtype)
         out = _acdc_fwd_ref(rows.to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms, activation)
     return _owned(out.to(x.dtype), x.shape)
@@ -121,12 +152,15 @@ def _acdc_cascade_backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tens
                               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n = x.shape[-1]
     rows, grows = x.reshape(-1, n), grad.reshape(-1, n)
+    grads = None
     if resolve_backend(x, backend) == "triton":
-        dx, da, dd, db = _kernels()[0].acdc_cascade_backward(grows, rows, a, d, b, perms, activation)
-    else:
+        grads = _on_kernels("acdc_cascade_backward", x,
+                            lambda acdc, _: acdc.acdc_cascade_backward(grows, rows, a, d, b, perms, activation))
+    if grads is None:
         c = _compute_dtype(x.dtype)
-        dx, da, dd, db = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
-                                       None if b is None else b.to(c), perms, activation)
+        grads = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
+                              None if b is None else b.to(c), perms, activation)
+    dx, da, dd, db = grads
     db = a.new_empty(0) if db is None else db.to(b.dtype)
     return _owned(dx.to(x.dtype), x.shape), da.to(a.dtype), dd.to(d.dtype), db
 
@@ -189,8 +223,10 @@ def _fastfood_op(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, bina
                  perm: torch.Tensor, backend: str) -> torch.Tensor:
     n = x.shape[-1]
     if resolve_backend(x, backend) == "triton":
-        out = _kernels()[1].fastfood_forward(x.reshape(-1, n), scale, gauss, binary, perm)
-        return _owned(out, (*x.shape[:-1], out.shape[-1]))
+        out = _on_kernels("fastfood", x, lambda _, ff: ff.fastfood_forward(x.reshape(-1, n), scale, gauss, binary,
+                                                                            perm))
+        if out is not None:
+            return _owned(out, (*x.shape[:-1], out.shape[-1]))
     with torch.no_grad():
         out = fastfood_ref(x, scale, gauss, binary, perm)
         return _owned(out, out.shape)
@@ -207,9 +243,11 @@ def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tens
                           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n = x.shape[-1]
     if resolve_backend(x, backend) == "triton":
-        dx, ds, dg, db = _kernels()[1].fastfood_backward(grad.reshape(x.reshape(-1, n).shape[0], -1),
-                                                         x.reshape(-1, n), scale, gauss, binary, perm)
-        return _owned(dx, x.shape), ds, dg, db
+        grads = _on_kernels("fastfood_backward", x, lambda _, ff: ff.fastfood_backward(
+            grad.reshape(x.reshape(-1, n).shape[0], -1), x.reshape(-1, n), scale, gauss, binary, perm))
+        if grads is not None:
+            dx, ds, dg, db = grads
+            return _owned(dx, x.shape), ds, dg, db
     return _fastfood_backward_torch(grad, x, scale, gauss, binary, perm)
 
 

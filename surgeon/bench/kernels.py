@@ -41,9 +41,7 @@ class KernelBenchRow:
     speedup_vs_linear: float
 
     def to_dict(self) -> dict[str, object]:
-        row = asdict(self)
-        row["pass"] = row.pop("pass_")
-        return row
+        return {("pass" if key == "pass_" else key): value for key, value in asdict(self).items()}
 
 
 def gpu_description(device: str | torch.device = "cuda") -> str:

@@ -10,8 +10,10 @@ inside the op, at run time:
 * ``"auto"``: Triton for CUDA tensors whose size and dtype the kernels support, torch otherwise.
 
 Sizes or dtypes the kernels do not cover (non powers of two, N > 16384, fp64) always take the torch path, even
-when Triton is forced — never a wrong answer. Forcing Triton for CPU tensors works only under the Triton
-interpreter (``TRITON_INTERPRET=1``) and raises a clear error otherwise. Both paths save only the inputs for
+when Triton is forced — never a wrong answer. A kernel the GPU cannot launch (too little shared memory: Triton
+raises ``OutOfResources`` before it starts) also takes the torch path, after one ``KernelFallbackWarning``.
+Forcing Triton for CPU tensors works only under the Triton interpreter (``TRITON_INTERPRET=1``) and raises a
+clear error otherwise. Both paths save only the inputs for
 backward and recompute the intermediates.
 """
 

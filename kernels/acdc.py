@@ -266,8 +266,8 @@ def _acdc_bwd_kernel(x_ptr, g_ptr, dx_ptr, zbuf_ptr, gscr_ptr, ga_ptr, gd_ptr, g
 # ------------------------------------------------------------------------------------------------- host code
 
 
-# Register-tile launches that found too little shared memory on a device: (pass, N, device, dtype).
-_NO_ROOM: set[tuple[str, int, str, torch.dtype]] = set()
+# Register-tile launches that found too little shared memory: (pass, N, device, dtype, dot precision).
+_NO_ROOM: set[tuple[str, int, str, torch.dtype, str]] = set()
 
 
 def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
@@ -289,9 +289,9 @@ def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor 
     return a32, d32, a32 if b32 is None else b32, a32 if p32 is None else p32, consts
 
 
-def _no_room_key(pass_: str, x: torch.Tensor) -> tuple[str, int, str, torch.dtype]:
+def _no_room_key(pass_: str, x: torch.Tensor) -> tuple[str, int, str, torch.dtype, str]:
     name = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
-    return pass_, x.shape[-1], name, x.dtype
+    return pass_, x.shape[-1], name, x.dtype, dot_precision(x.dtype)
 
 
 def _run_staged(pass_: str, x: torch.Tensor, staged: bool | None) -> bool:

@@ -83,8 +83,8 @@ def _kernels():
     return ensure_mode()
 
 
-# Kernels a GPU had no room for: (op, N, device, dtype). Those calls take the torch path from then on.
-_NO_ROOM: set[tuple[str, int, str, torch.dtype]] = set()
+# Kernels a GPU had no room for: (op, N, device, dtype, fp32 dot setting). Those take the torch path from then on.
+_NO_ROOM: set[tuple[str, int, str, torch.dtype, str]] = set()
 
 
 def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType], T]) -> T | None:
@@ -95,7 +95,7 @@ def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType
     from triton.runtime.errors import OutOfResources
 
     device = torch.cuda.get_device_name(x.device) if x.is_cuda else x.device.type
-    key = (op, x.shape[-1], device, x.dtype)
+    key = (op, x.shape[-1], device, x.dtype, os.environ.get("SURGEON_FP32_DOT", ""))
     if key in _NO_ROOM:
         return None
     try:

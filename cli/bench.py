@@ -5,13 +5,16 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
 from surgeon.bench.kernels import DTYPES
 from surgeon.cli.failures import UsageError, run_guarded
-from surgeon.cli.options import JsonOption, QuietOption, parse_sizes
+from surgeon.cli.options import JsonOption, QuietOption, parse_dtypes, parse_sizes
 from surgeon.cli.output import Output
+
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}  # the kernel benchmark labels its rows by name
 
 
 class BenchDevice(str, Enum):
@@ -85,7 +88,7 @@ def bench_command(
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be positive, got {value}")
         size_list = parse_sizes(sizes) if sizes else None
-        dtype_list = _parse_dtypes(dtypes)
+        dtype_list = parse_dtypes(dtypes)
 
         with out.console.status("benchmarking", spinner="dots") if not (quiet or as_json) else _null() as status:
             def note(what: str) -> None:
@@ -98,7 +101,7 @@ def bench_command(
                 if status is not None:
                     status.update(f"compiling the kernels for sm_{gpu_arch}")
                 results = kernel_resources(size_list or (256, 1024, 4096, 8192, 16384),
-                                           dtypes=[DTYPES[d] for d in dtype_list or ("bf16",)], arch=gpu_arch)
+                                           dtypes=dtype_list or (torch.bfloat16,), arch=gpu_arch)
                 title = f"Kernel resources compiled for sm_{gpu_arch} (static, no GPU run)"
             elif device is BenchDevice.cpu:
                 from surgeon.bench.layers import bench_layers, machine_description
@@ -110,7 +113,8 @@ def bench_command(
                 from surgeon.bench.kernels import bench_kernels, gpu_description
 
                 results = bench_kernels(device="cuda", sizes=size_list or (512, 1024, 2048, 4096, 8192),
-                                        batch=batch or 4096, dtypes=dtype_list or ("fp32", "bf16"),
+                                        batch=batch or 4096,
+                                        dtypes=[_NAMES[d] for d in dtype_list or (torch.float32, torch.bfloat16)],
                                         depth=depth or 1)
                 title = f"CUDA kernels, batch {batch or 4096}, depth {depth or 1} ({gpu_description()})"
         rows = [r.to_dict() for r in results]
@@ -121,16 +125,6 @@ def bench_command(
         out.data(rows)
 
     run_guarded(out, action)
-
-
-def _parse_dtypes(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in DTYPES]
-    if unknown or not names:
-        raise UsageError(f"--dtypes takes {', '.join(DTYPES)}; got {text!r}")
-    return names
 
 
 class _null:

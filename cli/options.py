@@ -63,6 +63,16 @@ def parse_dtype(text: str | None) -> torch.dtype | None:
     return _DTYPES[text.lower()]
 
 
+def parse_dtypes(text: str | None) -> tuple[torch.dtype, ...] | None:
+    """Comma-separated dtype names (the names ``--dtype`` takes)."""
+    if text is None:
+        return None
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names or any(name not in _DTYPES for name in names):
+        raise UsageError(f"--dtypes takes comma-separated fp32, fp16, bf16; got {text!r}")
+    return tuple(_DTYPES[name] for name in names)
+
+
 def parse_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())

@@ -43,6 +43,9 @@ recomputing ``h2 = C(z_k ⊙ a_k)`` from ``z_k``. Per-program partial sums of ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import triton
 import triton.language as tl
@@ -62,6 +65,7 @@ from surgeon.kernels.common import (
     check_device,
     dct_tables,
     dot_precision,
+    launch_key,
     load_square,
     num_programs,
     num_warps,
@@ -266,8 +270,9 @@ def _acdc_bwd_kernel(x_ptr, g_ptr, dx_ptr, zbuf_ptr, gscr_ptr, ga_ptr, gd_ptr, g
 # ------------------------------------------------------------------------------------------------- host code
 
 
-# Register-tile launches that found too little shared memory: (pass, N, device, dtype, dot precision).
+# Register-tile launches that found too little shared memory: (pass, *launch_key).
 _NO_ROOM: set[tuple[str, int, str, torch.dtype, str]] = set()
+T = TypeVar("T")
 
 
 def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
@@ -289,29 +294,23 @@ def _prepare(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor 
     return a32, d32, a32 if b32 is None else b32, a32 if p32 is None else p32, consts
 
 
-def _no_room_key(pass_: str, x: torch.Tensor) -> tuple[str, int, str, torch.dtype, str]:
-    name = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
-    return pass_, x.shape[-1], name, x.dtype, dot_precision(x.dtype)
-
-
 def _run_staged(pass_: str, x: torch.Tensor, staged: bool | None) -> bool:
     n = x.shape[-1]
     if staged is None:
-        return n >= acdc_staged.STAGED_MIN_N or _no_room_key(pass_, x) in _NO_ROOM
+        return n >= acdc_staged.STAGED_MIN_N or (pass_, *launch_key(x)) in _NO_ROOM
     return staged
 
 
-def _launch(pass_: str, x: torch.Tensor, staged: bool | None, tiles, stages) -> None:
+def _launch(pass_: str, x: torch.Tensor, staged: bool | None, tiles: Callable[[], T], stages: Callable[[], T]) -> T:
     """Run the register-tile kernel, or the staged one when asked, when N is too large, or when it has no room."""
     if not _run_staged(pass_, x, staged):
         try:
-            tiles()
-            return
+            return tiles()
         except OutOfResources:  # raised before anything runs, so nothing is half written
             if staged is not None:
                 raise
-            _NO_ROOM.add(_no_room_key(pass_, x))
-    stages()
+            _NO_ROOM.add((pass_, *launch_key(x)))
+    return stages()
 
 
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
@@ -366,31 +365,31 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     tables = dct_tables(n, x.device)
     f32 = {"device": x.device, "dtype": torch.float32}
     dx = torch.empty_like(x)
-    partials: list[torch.Tensor] = [torch.zeros((3, 1, depth, n), **f32)]
 
-    def tiles() -> None:
+    def tiles() -> torch.Tensor:
         meta = tile_meta(n)
         rows = meta["R"] if meta["DENSE"] else 1
         n_tiles = max(triton.cdiv(m, rows), 1)
         progs = num_programs(n_tiles, x.device, (3 * depth * n + depth * rows * n + rows * n) * 4)
-        parts = partials[0] = torch.zeros((3, progs, depth, n), **f32)
+        parts = torch.zeros((3, progs, depth, n), **f32)
         zbuf = torch.empty((progs, depth, rows, n) if depth > 1 else (1,), **f32)
         gscr = torch.empty((progs, rows, n) if consts["HAS_PERM"] else (1,), **f32)
         _acdc_bwd_kernel[(progs,)](x, grad, dx, zbuf, gscr, parts[0], parts[1], parts[2], a32, d32, perm, bias,
                                    *tables, m, depth, n_tiles, progs, num_warps=num_warps(n), **meta, **consts)
+        return parts
 
-    def stages() -> None:
+    def stages() -> torch.Tensor:
         progs = num_programs(m, x.device, (3 * depth * n + depth * n + 6 * n) * 4, per_sm=1)
-        parts = partials[0] = torch.zeros((3, progs, depth, n), **f32)
+        parts = torch.zeros((3, progs, depth, n), **f32)
         zbuf = torch.empty((progs, depth, n), **f32)
         scratch = torch.empty((progs, 6 * n), **f32)
         acdc_staged._acdc_bwd_staged_kernel[(progs,)](
             x, grad, dx, zbuf, scratch, parts[0], parts[1], parts[2], a32, d32, perm, bias, *tables, m, depth,
             progs, num_warps=num_warps(n), num_stages=acdc_staged.NUM_STAGES, **acdc_staged.staged_meta(n), **consts)
+        return parts
 
-    if m > 0:
-        _launch("bwd", x, staged, tiles, stages)
-    sums = partials[0].sum(1)
+    parts = _launch("bwd", x, staged, tiles, stages) if m > 0 else torch.zeros((3, 1, depth, n), **f32)
+    sums = parts.sum(1)
     db = None if b is None else sums[2].to(b.dtype, copy=True)
     return dx, sums[0].to(a.dtype, copy=True), sums[1].to(d.dtype, copy=True), db
 

@@ -160,6 +160,12 @@ def check_device(x: torch.Tensor) -> None:
                        "under the Triton interpreter, i.e. with TRITON_INTERPRET=1 set before importing triton")
 
 
+def launch_key(x: torch.Tensor) -> tuple[int, str, torch.dtype, str]:
+    """What decides whether a launch on ``x`` fits the GPU: ``(N, device name, dtype, dot precision)``."""
+    name = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
+    return x.shape[-1], name, x.dtype, dot_precision(x.dtype)
+
+
 def num_programs(n_tiles: int, device: torch.device, per_program_bytes: int, per_sm: int = 2) -> int:
     """Persistent-grid size: ``per_sm`` programs per SM, fewer if their scratch would pass the budget."""
     # The interpreter runs programs one by one; a few still exercise the persistent loop.

@@ -83,7 +83,7 @@ def _kernels():
     return ensure_mode()
 
 
-# Kernels a GPU had no room for: (op, N, device, dtype, fp32 dot setting). Those take the torch path from then on.
+# Kernels a GPU had no room for: (op, *launch_key). Those take the torch path from then on.
 _NO_ROOM: set[tuple[str, int, str, torch.dtype, str]] = set()
 
 
@@ -94,15 +94,17 @@ def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType
     """
     from triton.runtime.errors import OutOfResources
 
-    device = torch.cuda.get_device_name(x.device) if x.is_cuda else x.device.type
-    key = (op, x.shape[-1], device, x.dtype, os.environ.get("SURGEON_FP32_DOT", ""))
+    from surgeon.kernels.common import launch_key
+
+    kernels = _kernels()
+    key = (op, *launch_key(x))
     if key in _NO_ROOM:
         return None
     try:
-        return call(*_kernels())
+        return call(*kernels)
     except OutOfResources as exc:
         _NO_ROOM.add(key)
-        warnings.warn(f"the Triton {op} kernel cannot run on {device} at N={x.shape[-1]} in {x.dtype} ({exc}); "
+        warnings.warn(f"the Triton {op} kernel cannot run on {key[2]} at N={x.shape[-1]} in {x.dtype} ({exc}); "
                       "using the torch path for it", KernelFallbackWarning, stacklevel=3)
         return None
 

@@ -22,6 +22,7 @@ from torch.nn.parameter import UninitializedParameter
 from surgeon.errors import ConfigError, FitWarning
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
+from surgeon.surgery import linear_sources
 from surgeon.surgery.engine import apply_surgery
 from surgeon.surgery.fit import DenseMap, capture_inputs, fit_layer, probe_inputs
 from surgeon.surgery.progress import LazyProgress
@@ -50,18 +51,20 @@ def _quantized_linear_types() -> dict[type[nn.Module], str]:
 
 
 def _linear_shape(site: Site) -> tuple[int, int, bool, torch.Tensor]:
-    """(in_features, out_features, has_bias, weight) of a module or F.linear site."""
+    """(in_features, out_features, has_bias, weight (out, in)) of a module or F.linear site."""
     if site.source == "module":
-        assert isinstance(site.module, nn.Linear)
-        return site.module.in_features, site.module.out_features, site.module.bias is not None, site.module.weight
+        assert site.module is not None
+        seen = linear_sources.view(site.module)
+        return seen.in_features, seen.out_features, seen.bias is not None, seen.weight
     weight = site.info["weight"]
     return weight.shape[1], weight.shape[0], site.info["bias"] is not None, weight
 
 
 def _dense_of(site: Site) -> DenseMap:
     if site.source == "module":
-        assert isinstance(site.module, nn.Linear)
-        return DenseMap(site.module.weight.detach(), None if site.module.bias is None else site.module.bias.detach())
+        assert site.module is not None
+        seen = linear_sources.view(site.module)
+        return DenseMap(seen.weight.detach(), None if seen.bias is None else seen.bias.detach())
     bias = site.info["bias"]
     return DenseMap(site.info["weight"].detach(), None if bias is None else bias.detach())
 
@@ -78,16 +81,17 @@ def _param_count(kind: str, in_features: int, out_features: int, bias: bool, dep
 
 
 class LinearRule(Rule):
-    """Linear layers -> ACDCLinear / FastfoodLinear."""
+    """Linear maps (see :mod:`surgeon.surgery.linear_sources`) -> ACDCLinear / FastfoodLinear."""
 
     name = "linear"
-    module_types = (nn.Linear,)
-    functions = (F.linear,)
 
     def __init__(self, kind: str, *, depth: int | str | dict[str, int], min_features: int, skip_output: bool,
                  init: str, calibration: Iterable[Any] | None, seed: int | None, max_error: float | None,
                  target_ratio: float | None, fit_steps: int, fit_rows: int, quiet: bool,
-                 layer_kwargs: dict[str, Any]) -> None:
+                 layer_kwargs: dict[str, Any], targets: tuple[str, ...] = linear_sources.DEFAULT_TARGETS) -> None:
+        self.targets = targets
+        self.module_types = linear_sources.module_types(targets)
+        self.functions = (F.linear,) if "linear" in targets else ()
         self.kind, self.layer = kind, LAYERS[kind]
         self.depth, self.min_features, self.skip_output = depth, min_features, skip_output
         self.init, self.calibration, self.seed = init, calibration, seed
@@ -101,11 +105,13 @@ class LinearRule(Rule):
         self.done = 0
 
     # -- matching ---------------------------------------------------------------------------------------------
+    def matches_module(self, module: nn.Module, name: str) -> bool:
+        return linear_sources.is_source(module, self.targets)
+
     def describe_module(self, module: nn.Module) -> str:
-        if isinstance(module, nn.Linear) and not isinstance(module.weight, UninitializedParameter):
-            shape = f"{module.in_features}, {module.out_features}, bias={module.bias is not None}"
-            return f"{type(module).__name__}({shape})"
-        return f"{type(module).__name__}()"
+        if isinstance(getattr(module, "weight", None), UninitializedParameter):
+            return f"{type(module).__name__}()"
+        return linear_sources.describe(module)
 
     def describe_node(self, node: fx.Node) -> str:
         return "F.linear"
@@ -148,9 +154,7 @@ class LinearRule(Rule):
             return "LazyLinear: its shape is unknown until the first forward; run a batch through the model first"
         if hasattr(module, "weight_fake_quant") or getattr(module, "qconfig", None) is not None:
             return "quantization-aware linear: converting would drop its fake-quantisation"
-        if type(module).forward is not nn.Linear.forward:
-            return f"{type(module).__name__} overrides Linear.forward; converting would drop its behaviour"
-        return None
+        return linear_sources.refusal(module)
 
     def decline(self, site: Site) -> str | None:
         in_features, out_features, bias, _ = _linear_shape(site)
@@ -190,8 +194,9 @@ class LinearRule(Rule):
         if self.calibration is not None:
             modules = {s.name: s.module for s in context.sites if s.source == "module"}
             calls = {s.name: s.nodes for s in context.sites if s.source != "module"}
+            channels = {name: linear_sources.channel_dim(m) for name, m in modules.items() if m is not None}
             self.inputs = capture_inputs(context.root, context.graph, modules, calls, features,
-                                         self.calibration, self.fit_rows)
+                                         self.calibration, self.fit_rows, channel_dims=channels)
         else:
             self.inputs = {name: probe_inputs(n, self.fit_rows, self._layer_seed(s))
                            for s in context.sites for name, n in [(s.name, features[s.name])]}
@@ -225,6 +230,14 @@ class LinearRule(Rule):
         return result.error
 
     def build(self, site: Site) -> Replacement:
+        built = self._build_map(site)
+        if site.source == "module":
+            assert site.module is not None
+            built.module = linear_sources.wrap(site.module, built.module)
+        return built
+
+    def _build_map(self, site: Site) -> Replacement:
+        """The structured (..., in) -> (..., out) map for ``site``, before any channel-axis wrapping."""
         if self.init != "fit":
             return Replacement(self._make(site, self._depth_for(site)))
         in_features, out_features, bias, _ = _linear_shape(site)
@@ -284,7 +297,8 @@ def convert(model: nn.Module, linear: str = "acdc", *, depth: int | str | dict[s
             min_features: int = DEFAULT_MIN_FEATURES, skip_output: bool = True, init: str = "random",
             calibration: Iterable[Any] | None = None, inplace: bool = False, seed: int | None = None,
             max_error: float | None = None, target_ratio: float | None = None, fit_steps: int = 300,
-            fit_rows: int = 2048, quiet: bool = False, **layer_kwargs: Any) -> nn.Module:
+            fit_rows: int = 2048, quiet: bool = False, targets: Iterable[str] | None = None,
+            **layer_kwargs: Any) -> nn.Module:
     """Replace the model's linear layers (``nn.Linear`` modules, ``F.linear`` calls on parameters) with
     structured ones: ``linear="acdc"`` (:class:`ACDCLinear`, ``depth`` factors, eq. 3.24) or ``"fastfood"``
     (:class:`FastfoodLinear`, §3.9; ``depth`` does not apply).
@@ -314,6 +328,11 @@ def convert(model: nn.Module, linear: str = "acdc", *, depth: int | str | dict[s
 
     Other keyword arguments go to the layer (ACDC: ``activation``, ``permute``, ``init_std``; Fastfood:
     ``adaptive``). ``seed`` makes every layer reproducible: the layer at candidate index i gets seed + i.
+
+    ``targets`` (default ``{"linear"}``: ``nn.Linear``, ``F.linear`` calls, Hugging Face ``Conv1D``) may add
+    ``"conv1x1"``: 1×1 ``nn.Conv1d/2d/3d`` with ``groups=1`` and no padding become a structured map over channels
+    (:class:`~surgeon.layers.pointwise.PointwiseConv`; a stride subsamples first), for (N, C, *S) and unbatched
+    inputs alike.
     Returns the model with its class kept, or an ``fx.GraphModule`` when F.linear calls had to be rewritten.
     """
     if linear not in LAYERS:
@@ -321,6 +340,7 @@ def convert(model: nn.Module, linear: str = "acdc", *, depth: int | str | dict[s
     if init not in ("random", "fit"):
         raise ConfigError(f"init must be 'random' or 'fit', got {init!r}")
     _check_layer_kwargs(linear, layer_kwargs)
+    chosen_targets = linear_sources.parse_targets(targets)
     if isinstance(depth, str) and depth != "auto":
         raise ConfigError(f"depth must be an integer, 'auto' or a mapping of layer names to integers, got {depth!r}")
     if depth == "auto" and init != "fit":
@@ -338,9 +358,11 @@ def convert(model: nn.Module, linear: str = "acdc", *, depth: int | str | dict[s
         layer_kwargs["activation"] = None if init == "fit" else "relu"
     rule = LinearRule(linear, depth=depth, min_features=min_features, skip_output=skip_output, init=init,
                       calibration=calibration, seed=seed, max_error=max_error, target_ratio=target_ratio,
-                      fit_steps=fit_steps, fit_rows=fit_rows, quiet=quiet, layer_kwargs=dict(layer_kwargs))
+                      fit_steps=fit_steps, fit_rows=fit_rows, quiet=quiet, layer_kwargs=dict(layer_kwargs),
+                      targets=chosen_targets)
     arguments: dict[str, Any] = {"linear": linear, "depth": depth, "min_features": min_features,
-                                 "skip_output": skip_output, "seed": seed, **layer_kwargs}
+                                 "skip_output": skip_output, "seed": seed, "targets": list(chosen_targets),
+                                 **layer_kwargs}
     try:
         result = apply_surgery(model, [rule], transform_name="convert", arguments=arguments, include=include,
                                exclude=exclude, filter_fn=filter_fn, inplace=inplace)

@@ -2,5 +2,6 @@
 
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
+from surgeon.layers.pointwise import PointwiseConv
 
-__all__ = ["ACDCLinear", "FastfoodLinear"]
+__all__ = ["ACDCLinear", "FastfoodLinear", "PointwiseConv"]

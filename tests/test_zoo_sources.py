@@ -141,3 +141,29 @@ def test_fit_captures_conv_inputs_channel_last() -> None:
             return ((out[0](x) - conv(x)).norm() / conv(x).norm()).item()
         inside, generic = error(held_out), error(torch.randn(2, 32, 8, 8))
     assert inside < 1.5 * fit_error + 0.02 and inside < 0.5 * generic
+
+
+class ReadsWeightDtype(nn.Module):
+    """Like T5's feed-forward: forward reads ``self.wo.weight.dtype``; and it cannot be traced (data-dependent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wi = nn.Linear(64, 64)
+        self.wo = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            x = x * 0
+        h = torch.relu(self.wi(x)).to(self.wo.weight.dtype)
+        return self.head(self.wo(h))
+
+
+def test_module_tree_fallback_keeps_layers_whose_weights_forward_reads() -> None:
+    with pytest.warns(surgeon.TraceFallbackWarning):
+        out = surgeon.convert(ReadsWeightDtype(), "acdc", depth=2)
+    record = surgeon.records(out)[-1]
+    assert record.selected == ["wi"]
+    reason = {s.name: s.reason for s in record.skipped}["wo"]
+    assert "ReadsWeightDtype.forward" in reason and "self.wo.weight" in reason
+    assert out(torch.randn(2, 64)).shape == (2, 4)

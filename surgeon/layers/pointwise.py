@@ -37,13 +37,14 @@ class PointwiseConv(nn.Module):
         self.out_features: int = layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel = -1 - self.spatial_dims
+        # Non-negative axes: the TorchScript ONNX exporter writes movedim's axes into Transpose's perm verbatim.
+        channel, last = x.dim() - 1 - self.spatial_dims, x.dim() - 1
         if x.dim() not in (self.spatial_dims + 1, self.spatial_dims + 2) or x.shape[channel] != self.in_features:
             raise ValueError(f"PointwiseConv expected (N, {self.in_features}, *{self.spatial_dims} spatial dims) "
                              f"or unbatched input, got {tuple(x.shape)}")
         if any(s != 1 for s in self.stride):
             x = x[(..., *(slice(None, None, s) for s in self.stride))]
-        y = self.layer(x.movedim(channel, -1)).movedim(-1, channel)
+        y = self.layer(x.movedim(channel, last)).movedim(last, channel)
         # The moved-back view is channels-last in memory; downstream code may call .view(), so hand back a
         # standard layout unless the input itself was channels-last.
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):

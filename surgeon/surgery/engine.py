@@ -56,6 +56,7 @@ from surgeon.surgery.select import FilterFn, NameMatcher, Pattern, describe_cand
 from surgeon.surgery.tracing import (
     mark_outputs_fallback,
     mark_outputs_traced,
+    reads_parameters_of,
     trace,
     unseen_calls,
 )
@@ -158,6 +159,8 @@ class _Discovery:
             reason = self._blocked_reason(site) or self._tied_reason(site)
             if reason is None and self.graph is not None:
                 reason = self._direct_use_reason(site, called, read, module_site_names)
+            elif reason is None and site.source == "module":
+                reason = self._source_read_reason(site)
             if reason is None:
                 reason = site.rule.refuse(site)
             if reason is not None:
@@ -184,6 +187,15 @@ class _Discovery:
             if others:
                 mine = next(n for n in self.param_names[id(tensor)] if n in own) if own else "a parameter"
                 return f"parameter {mine} is tied to {others[0]}; replacing it would untie the weights"
+        return None
+
+    def _source_read_reason(self, site: Site) -> str | None:
+        """Without a graph, parameter reads show only in the source of the owner's forward."""
+        for name in site.names:
+            owner, attr = _parent(name)
+            found = reads_parameters_of(self.modules.get(owner, self.root), attr)
+            if found:
+                return f"forward reads its parameters directly ({found}); a replacement module would break it"
         return None
 
     def _direct_use_reason(self, site: Site, called: set[str], read: dict[str, list[fx.Node]],

@@ -142,3 +142,22 @@ def unseen_calls(model: nn.Module, names: Iterable[str]) -> list[str]:
             label = f"{callee[0]}.{callee[1]}" if callee[0] else callee[1]
             found.append(f"{cls.__name__}.forward:{start + node.lineno - 1} {label}")
     return found
+
+
+def reads_parameters_of(owner: nn.Module, attr: str) -> str | None:
+    """``"Class.forward:line self.attr.weight"`` when ``owner``'s forward reads a parameter of its child ``attr``
+    directly (e.g. T5's ``self.wo.weight.dtype``), else None. Used when there is no graph to show such reads."""
+    forward = getattr(type(owner), "forward", None)
+    if is_builtin(owner) or forward is None:
+        return None
+    try:
+        lines, start = inspect.getsourcelines(forward)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    for node in ast.walk(tree):
+        child = node.value if isinstance(node, ast.Attribute) else None
+        if (isinstance(child, ast.Attribute) and child.attr == attr and isinstance(child.value, ast.Name)
+                and child.value.id == "self" and node.attr in ("weight", "bias")):
+            return f"{type(owner).__name__}.forward:{start + node.lineno - 1} self.{attr}.{node.attr}"
+    return None

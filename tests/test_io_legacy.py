@@ -26,10 +26,13 @@ NAMES = ("mlp", "functional", "lstm_lm", "sigmoid_mlp")
 @pytest.mark.parametrize("name", NAMES)
 def test_legacy_checkpoint_loads_bit_exactly(name):
     expected = load_file(str(FIXTURES / f"{name}.expected.safetensors"))
-    assert torch.equal(expected["input"], legacy_models.inputs(name))
+    # A freshly allocated input, as when the fixture was made: BLAS results can depend on memory alignment, and a
+    # tensor read from a file need not be aligned.
+    x = legacy_models.inputs(name)
+    assert torch.equal(expected["input"], x)
     model = surgeon.load(FIXTURES / f"{name}.safetensors", getattr(legacy_models, name)()).eval()
     with torch.no_grad():
-        assert torch.equal(model(expected["input"]), expected["output"])
+        assert torch.equal(model(x), expected["output"])
     assert surgeon.records(model), "the recipe is kept on the rebuilt model"
 
 
@@ -39,4 +42,4 @@ def test_legacy_checkpoint_round_trips_through_a_new_save(tmp_path):
     surgeon.save(model, tmp_path / "again.safetensors")
     again = surgeon.load(tmp_path / "again.safetensors", legacy_models.sigmoid_mlp()).eval()
     with torch.no_grad():
-        assert torch.equal(again(expected["input"]), expected["output"])
+        assert torch.equal(again(legacy_models.inputs("sigmoid_mlp")), expected["output"])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from typing import Annotated
 
 import torch
 import typer
+from torch import nn
 
-from surgeon.cli.failures import InputError, UsageError, run_guarded
+from surgeon.cli.failures import InputError, run_guarded
+from surgeon.cli.models import LoadedModel
 from surgeon.cli.options import (
     ArchOption,
     ExcludeOption,
@@ -21,21 +22,19 @@ from surgeon.cli.options import (
     QuietOption,
     SeedOption,
     TrustOption,
-    parse_depth,
+    build_config,
+    parse_int_or_word,
     regex_union,
+    usage_errors,
 )
 from surgeon.cli.output import Output
 from surgeon.cli.pipeline import transform_and_save
+from surgeon.configs.linear import DEFAULT_DEPTH
+from surgeon.layers.acdc import MAX_DEPTH
 
-
-class LinearKind(str, Enum):
-    acdc = "acdc"
-    fastfood = "fastfood"
-
-
-class InitKind(str, Enum):
-    random = "random"
-    fit = "fit"
+# Config fields the options set, for errors in the options' own terms.
+FLAGS = {"linear": "--linear", "depth": "--depth", "init": "--init", "max_error": "--max-error", "seed": "--seed",
+         "calibration": "--calib"}
 
 
 def load_calibration(path: str, batch_size: int = 64) -> list[torch.Tensor]:
@@ -61,13 +60,14 @@ def load_calibration(path: str, batch_size: int = 64) -> list[torch.Tensor]:
 
 def convert_command(
     model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
-    linear: Annotated[LinearKind, typer.Option("--linear", help="Structured layer to use.")] = LinearKind.acdc,
-    depth: Annotated[str, typer.Option("--depth", help="ACDC factors per layer (1-1024), or 'auto'.")] = "12",
+    linear: Annotated[str, typer.Option("--linear", help="Structured layer: acdc or fastfood.")] = "acdc",
+    depth: Annotated[str | None, typer.Option(
+        "--depth", help=f"ACDC factors per layer (1-{MAX_DEPTH}, default {DEFAULT_DEPTH}), or 'auto'.")] = None,
     output: OutputOption = None,
     include: IncludeOption = None,
     exclude: ExcludeOption = None,
-    init: Annotated[InitKind, typer.Option("--init", help="random (train from scratch) or fit (keep a "
-                                                          "trained layer's map).")] = InitKind.random,
+    init: Annotated[str, typer.Option("--init", help="random (train from scratch) or fit (keep a trained "
+                                                     "layer's map).")] = "random",
     calib: Annotated[str | None, typer.Option("--calib", help="Tensor file of model inputs for --init fit.")] = None,
     max_error: Annotated[float | None, typer.Option("--max-error", help="Relative error tolerance for --depth "
                                                                         "auto.")] = None,
@@ -88,23 +88,16 @@ def convert_command(
     def action() -> None:
         from surgeon.surgery.convert import convert
 
-        parsed_depth = parse_depth(depth)
-        if max_error is not None and not 0 < max_error < 1:
-            raise UsageError(f"--max-error must be between 0 and 1, got {max_error}")
-        if parsed_depth == "auto" and init is not InitKind.fit:
-            raise UsageError("--depth auto needs --init fit (it picks the smallest depth whose fit meets "
-                             "--max-error)")
-        if calib is not None and init is not InitKind.fit:
-            raise UsageError("--calib is only used with --init fit")
+        config = build_config("convert", linear.strip().lower(), FLAGS, depth=parse_int_or_word(depth),
+                              init=init.strip().lower(), max_error=max_error, seed=seed)
         calibration = load_calibration(calib) if calib else None
-        kwargs: dict = {"depth": parsed_depth} if linear is LinearKind.acdc else {}
-        if max_error is not None:
-            kwargs["max_error"] = max_error
-        transform_and_save(out, model=model, output=output, tag=linear.value, arch=arch, trust=trust, force=force,
-                           input_shape=input_shape, targets="nn.Linear layer or F.linear call",
-                           transform=lambda loaded: convert(
-                               loaded.model, linear=linear.value, include=regex_union(include),
-                               exclude=regex_union(exclude), init=init.value, calibration=calibration, seed=seed,
-                               **kwargs))
+
+        def transform(loaded: LoadedModel) -> nn.Module:
+            with usage_errors(FLAGS):
+                return convert(loaded.model, config, include=regex_union(include), exclude=regex_union(exclude),
+                               calibration=calibration)
+
+        transform_and_save(out, model=model, output=output, tag=linear, arch=arch, trust=trust, force=force,
+                           input_shape=input_shape, targets="nn.Linear layer or F.linear call", transform=transform)
 
     run_guarded(out, action)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
@@ -18,23 +17,21 @@ from surgeon.cli.options import (
     OutputOption,
     QuietOption,
     TrustOption,
+    build_config,
     regex_union,
 )
 from surgeon.cli.output import Output
 from surgeon.cli.pipeline import transform_and_save
+from surgeon.noise.noisy import NOISY_MODES
 
-
-class NoiseMode(str, Enum):
-    nan = "nan"
-    nah = "nah"
-    nani = "nani"
-    nanil = "nanil"
-    nanis = "nanis"
+NOISIFY_FLAGS = {"mode": "--mode", "targets": "--targets", "c": "--c"}
+MOLLIFY_FLAGS = {"c": "--c", "skip": "--skip"}
 
 
 def noisify_command(
     model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
-    mode: Annotated[NoiseMode, typer.Option("--mode", help="Noise form (thesis §4.3).")] = NoiseMode.nah,
+    mode: Annotated[str, typer.Option("--mode", help=f"Noise form (thesis §4.3): {', '.join(NOISY_MODES)}.")]
+    = "nah",
     targets: Annotated[str, typer.Option("--targets", help="Comma-separated: sigmoid, tanh.")] = "sigmoid,tanh",
     c: Annotated[float | None, typer.Option("--c", help="Noise scale c (default: the mode's).")] = None,
     output: OutputOption = None,
@@ -56,13 +53,12 @@ def noisify_command(
     def action() -> None:
         from surgeon.surgery.noisify import noisify
 
-        kwargs = {} if c is None else {"c": c}
         chosen = tuple(t.strip() for t in targets.split(",") if t.strip())
-        transform_and_save(out, model=model, output=output, tag=f"noisy-{mode.value}", arch=arch, trust=trust,
+        config = build_config("noisify", "noisify", NOISIFY_FLAGS, mode=mode.strip().lower(), targets=chosen, c=c)
+        transform_and_save(out, model=model, output=output, tag=f"noisy-{config.mode}", arch=arch, trust=trust,
                            force=force, input_shape=input_shape, targets="sigmoid/tanh",
                            transform=lambda loaded: noisify(
-                               loaded.model, mode=mode.value, targets=chosen, include=regex_union(include),
-                               exclude=regex_union(exclude), **kwargs))
+                               loaded.model, config, include=regex_union(include), exclude=regex_union(exclude)))
 
     run_guarded(out, action)
 
@@ -91,10 +87,9 @@ def mollify_command(
     def action() -> None:
         from surgeon.surgery.mollify import mollify
 
-        kwargs = {} if c is None else {"c": c}
+        config = build_config("mollify", "mollify", MOLLIFY_FLAGS, c=c, skip=skip)
         transform_and_save(out, model=model, output=output, tag="mollified", arch=arch, trust=trust, force=force,
                            input_shape=input_shape, targets="activation", transform=lambda loaded: mollify(
-                               loaded.model, skip=skip, include=regex_union(include), exclude=regex_union(exclude),
-                               **kwargs))
+                               loaded.model, config, include=regex_union(include), exclude=regex_union(exclude)))
 
     run_guarded(out, action)

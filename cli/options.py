@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import typer
 
 from surgeon.cli.failures import UsageError
+from surgeon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from surgeon.configs import TransformConfig
 
 ArchOption = Annotated[str | None, typer.Option(
     "--arch", help="Architecture to build: package.module:factory (called with no arguments) or example:NAME.")]
@@ -25,22 +31,42 @@ ExcludeOption = Annotated[list[str] | None, typer.Option(
     "--exclude", help="Regex of layers to leave untouched; repeatable.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for permutations and initialisation.")]
 
-MAX_DEPTH = 1024
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-def parse_depth(text: str) -> int | str:
-    """``auto`` or an integer in [1, 1024]."""
-    if text.strip().lower() == "auto":
-        return "auto"
+def parse_int_or_word(text: str | None) -> int | str | None:
+    """An integer if ``text`` spells one, else the word (lower case) for the config to judge (``--depth auto``)."""
+    if text is None:
+        return None
     try:
-        depth = int(text)
+        return int(text)
     except ValueError:
-        raise UsageError(f"--depth must be an integer or 'auto', got {text!r}") from None
-    if not 1 <= depth <= MAX_DEPTH:
-        raise UsageError(f"--depth must be between 1 and {MAX_DEPTH}, got {depth}")
-    return depth
+        return text.strip().lower()
+
+
+def build_config(transform: str, name: str, flags: dict[str, str], **values: Any) -> TransformConfig:
+    """The config ``name`` of ``transform`` from the options given (None: not given, the config's default).
+
+    The config checks every value; its error becomes a usage error naming the command-line option (``flags``
+    maps config fields to option names: ``{"depth": "--depth"}``).
+    """
+    from surgeon.configs import named_config
+
+    with usage_errors(flags):
+        return named_config(transform, name, "linear").from_options(
+            **{k: v for k, v in values.items() if v is not None})
+
+
+@contextlib.contextmanager
+def usage_errors(flags: dict[str, str]) -> Iterator[None]:
+    """Turn a ConfigError about one of ``flags``' fields into a usage error naming the option."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.field in flags and exc.rule:
+            raise UsageError(f"{flags[exc.field]} {exc.rule}") from None
+        raise
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -1,7 +1,9 @@
 """surgeon: model surgery for PyTorch — structured linear layers and noisy/mollified activations.
 
 Layers (thesis §3.9–3.10): :class:`ACDCLinear`, :class:`FastfoodLinear`. Surgery: :func:`convert`,
-:func:`noisify`, :func:`mollify` (each returns the model with a record of what changed, see :func:`records`).
+:func:`noisify`, :func:`mollify` (each returns the model with a record of what changed, see :func:`records`),
+configured by typed configs (:class:`ACDCConfig`, :class:`FastfoodConfig`, :class:`NoisifyConfig`,
+:class:`MollifyConfig`) or the equivalent keywords.
 Noise (§4.3–4.4): :class:`NoisyHardSigmoid`, :class:`NoisyHardTanh`, :class:`MollifiedActivation`,
 :class:`StochasticSkip`, :class:`NoisyLSTM`, :class:`NoisyGRU`, :class:`Annealer`. Shipping: :func:`report`,
 :func:`save`, :func:`load`, :func:`export_onnx`.
@@ -17,6 +19,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+from surgeon.configs import ACDCConfig, FastfoodConfig, MollifyConfig, NoisifyConfig, TransformConfig
 from surgeon.errors import (
     ConfigError,
     FitError,
@@ -52,8 +55,10 @@ from surgeon.surgery.mollify import mollify
 from surgeon.surgery.noisify import noisify
 from surgeon.surgery.record import SurgeryRecord, records
 from surgeon.surgery.rules import Replacement, Rule, Site
+from surgeon.surgery.transform import register_transform
 
 __all__ = [
+    "ACDCConfig", "FastfoodConfig", "MollifyConfig", "NoisifyConfig", "TransformConfig", "register_transform",
     "ACDCLinear", "Annealer", "CheckpointError", "ConfigError", "ExportError", "ExportResult", "FastfoodLinear",
     "FitError", "FitWarning", "KernelFallbackWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU",
     "NoisyGRUCell", "NoisyHardSigmoid", "NoisyHardTanh", "NoisyLSTM", "NoisyLSTMCell", "Replacement", "Report",

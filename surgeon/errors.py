@@ -15,7 +15,15 @@ class SelectionError(SurgeonError, ValueError):
 
 
 class ConfigError(SurgeonError, ValueError):
-    """An argument of a transform is invalid (unknown layer option, impossible tolerance...)."""
+    """An argument of a transform is invalid (unknown layer option, impossible tolerance...).
+
+    Raised by a config's constructor with ``field`` (the option at fault) and ``rule`` (what it must be, and the
+    value it got), so a front end can name the option in its own terms (the CLI writes ``--depth must be ...``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.field, self.rule = field, rule
 
 
 class SurgeryError(SurgeonError, RuntimeError):

@@ -82,7 +82,8 @@ def test_metadata_holds_the_recipe(tmp_path, convert):
     recipe = json.loads(meta["surgeon.recipe"])
     assert len(recipe) == 1 and recipe[0]["transform"] == "convert"
     assert recipe[0]["selected"] == ["2"]
-    assert recipe[0]["arguments"]["depth"] == 5 and recipe[0]["arguments"]["seed"] == 3
+    assert recipe[0]["config_type"] == "ACDCConfig"
+    assert recipe[0]["config"]["depth"] == 5 and recipe[0]["config"]["seed"] == 3
     assert recipe[0]["changes"][0]["config"]["depth"] == 5
     assert perm_dtype == torch.int64
 
@@ -189,7 +190,7 @@ def test_unexpected_key_and_unknown_transform(tmp_path):
     x = torch.randn(2, 48)
     assert torch.equal(rebuilt(x), plain(x))
     model = _mlp(0)
-    append_record(model, SurgeryRecord(transform="sharpen", arguments={}, selected=["0"]))
+    append_record(model, SurgeryRecord(transform="sharpen", selected=["0"]))
     save(model, tmp_path / "odd.safetensors")
     with pytest.raises(CheckpointError, match=r"'sharpen' is not a known transform"):
         load(tmp_path / "odd.safetensors", _mlp(0))

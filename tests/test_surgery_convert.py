@@ -88,7 +88,7 @@ def test_vgg11_acdc_and_fastfood_small_input() -> None:
 def test_replay_rebuilds_identical_structure() -> None:
     out = convert(alexnet(), "acdc", depth=8, seed=5, init_std=0.05, exclude=["classifier.4"])
     record = SurgeryRecord.from_dict(json.loads(json.dumps(records(out)[-1].to_dict())))
-    fresh = convert(alexnet(), **record.arguments, include=record.selected, init="random")
+    fresh = convert(alexnet(), record.rebuild_config().for_replay(), include=record.selected)
     assert _structure(fresh) == _structure(out)
     assert [c.config for c in records(fresh)[-1].changes] == [c.config for c in record.changes]
     fresh.load_state_dict(out.state_dict(), strict=True)
@@ -179,7 +179,7 @@ def test_functional_linear_becomes_graph_module_and_keeps_other_keys() -> None:
     keys = set(out.state_dict())
     assert {"spare", "mix", "head.weight", "head.bias"} <= keys and "w" not in keys and "b" not in keys
     assert out(torch.randn(3, 96)).shape == (3, 10)
-    fresh = convert(FunctionalNet(), **record.arguments, include=record.selected, init="random")
+    fresh = convert(FunctionalNet(), record.rebuild_config().for_replay(), include=record.selected)
     assert _structure(fresh) == _structure(out)
 
 

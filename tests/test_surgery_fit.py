@@ -57,7 +57,7 @@ def test_auto_depth_reports_honestly(digits: dict) -> None:
     accuracy_ok = abs(_accuracy(out, x_test, y_test) - dense_acc) <= 1
     honest = change.fit_error > 0.02 and "no depth met max_error=0.02" in change.note and "2" in str(caught[0].message)
     assert accuracy_ok or honest
-    assert records(out)[-1].arguments["depth"] == {"2": out[2].depth}
+    assert records(out)[-1].config["depth"] == {"2": out[2].depth}
 
 
 def test_fit_beats_random_and_keeps_accuracy(digits: dict) -> None:

@@ -90,8 +90,8 @@ class Pointwise(nn.Module):
 ])
 def test_pointwise_conv_is_a_channel_map_for_every_layout(kind: str, conv: nn.Module, shape: tuple[int, ...]) -> None:
     model = Pointwise(conv)
-    out = surgeon.convert(model, kind, depth=3, seed=0, targets={"linear", "conv1x1"}, min_features=16,
-                          **({"activation": None} if kind == "acdc" else {}))
+    out = surgeon.convert(model, kind, seed=0, targets={"linear", "conv1x1"}, min_features=16,
+                          **({"activation": None, "depth": 3} if kind == "acdc" else {}))
     assert isinstance(out.conv, PointwiseConv)
     assert surgeon.records(out)[-1].selected == ["conv"]
     w, b = _probe_dense(out.conv.layer, conv.in_channels)
@@ -116,7 +116,7 @@ def test_conv1x1_is_opt_in_and_unsupported_convs_say_why() -> None:
         surgeon.convert(model, "acdc")
     out = surgeon.convert(model, "acdc", depth=2, targets=["conv1x1"], min_features=16, skip_output=False)
     record = surgeon.records(out)[-1]
-    assert record.selected == ["0", "4"] and record.arguments["targets"] == ["conv1x1"]
+    assert record.selected == ["0", "4"] and record.config["targets"] == ["conv1x1"]
     reasons = {s.name: s.reason for s in record.skipped}
     assert "1" not in reasons                     # a 3×3 convolution is no linear site at all
     assert "groups=2" in reasons["2"] and "padding" in reasons["3"]

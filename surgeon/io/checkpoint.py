@@ -6,8 +6,9 @@ File layout (one ``.safetensors`` file):
   tensors that share memory, so a tied tensor (the same storage, offset, shape and strides under several
   names) is stored under its first name only and the others are listed in ``surgeon.aliases``;
 * ``__metadata__`` (all string values): ``format: "pt"``, ``surgeon.version``, ``surgeon.recipe`` (JSON list of
-  :class:`~surgeon.surgery.record.SurgeryRecord` dicts, oldest first: transform, arguments such as layer type,
-  depth, activation and seed, and the exact module names selected), ``surgeon.aliases`` (JSON
+  :class:`~surgeon.surgery.record.SurgeryRecord` dicts, oldest first: transform, config type and config — layer
+  type, depth, activation, seed... — and the exact module names selected; records of the pre-config form, with
+  ``arguments``, are translated by :mod:`surgeon.configs.legacy`), ``surgeon.aliases`` (JSON
   ``{alias: stored_name}``) and ``surgeon.dtype`` (the storage dtype requested, or ``"native"``).
 
 ``save(..., dtype=torch.float16 | torch.bfloat16)`` stores floating tensors in half precision (integer buffers
@@ -18,12 +19,9 @@ to the model that was saved; a native-dtype file is bit-exact).
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,15 +33,6 @@ from surgeon.surgery.record import RECORDS_ATTRIBUTE, SurgeryRecord, records
 
 FORMAT_VERSION = "1"
 _HALF_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-
-# transform name -> candidate "module:function" paths, imported only when a recipe step needs them, so this
-# module does not depend on (or import cycles with) the surgery and noise packages.
-TRANSFORMS: dict[str, tuple[str, ...]] = {
-    "convert": ("surgeon.surgery.convert:convert",),
-    "noisify": ("surgeon.surgery.noisify:noisify",),
-    "mollify": ("surgeon.surgery.mollify:mollify",),
-}
-
 
 class CheckpointError(SurgeonError, ValueError):
     """A checkpoint cannot be written, read, or does not fit the model it is loaded into."""
@@ -157,39 +146,17 @@ def recipe_of(metadata: dict[str, str], path: str = "") -> list[SurgeryRecord]:
         raise CheckpointError(f"checkpoint {path!r} has an unreadable surgery recipe: {exc}") from exc
 
 
-def resolve_transform(name: str) -> Callable[..., nn.Module]:
-    """The public function a recipe step names (``"convert"``, ``"noisify"``, ``"mollify"``)."""
-    if name not in TRANSFORMS:
-        raise CheckpointError(f"recipe step {name!r} is not a known transform (known: {', '.join(TRANSFORMS)})")
-    for target in TRANSFORMS[name]:
-        module_name, _, attr = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        fn = getattr(module, attr, None)
-        if callable(fn):
-            return fn
-    raise CheckpointError(f"recipe step {name!r} needs surgeon's {name}() which is not available in this install "
-                          f"(looked in {', '.join(TRANSFORMS[name])})")
+def replay_step(model: nn.Module, record: SurgeryRecord) -> nn.Module:
+    """Rebuild on ``model`` the structure ``record`` describes: its config (made replayable, e.g. a random init in
+    place of a fit, since every weight comes from the file) on exactly the sites it selected."""
+    import surgeon.surgery  # noqa: F401 - registers every transform's handler
+    from surgeon.surgery.transform import Call, run_transform
 
-
-def _replay_kwargs(fn: Callable[..., Any], record: SurgeryRecord) -> dict[str, Any]:
-    kwargs = dict(record.arguments)
-    # The record names the exact modules chosen; replaying with include=selected makes exclude/filters moot,
-    # and a random init suffices because every weight is overwritten from the file.
-    for key in ("include", "exclude", "filter_fn", "calibration", "inplace"):
-        kwargs.pop(key, None)
-    kwargs["include"] = list(record.selected)
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "init" in params or (takes_any and "init" in record.arguments):
-        kwargs["init"] = "random"
-    if "inplace" in params:
-        kwargs["inplace"] = True   # the caller handed us a fresh model to rebuild; no need to copy it
-    if not takes_any:
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return kwargs
+    if not record.config_type:
+        raise CheckpointError(f"recipe step {record.transform!r} is not a known transform (its record holds no "
+                              "config to replay)")
+    config = record.rebuild_config().for_replay()
+    return run_transform(model, config, Call(include=list(record.selected), inplace=True, quiet=True))
 
 
 def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") -> nn.Module:
@@ -210,13 +177,12 @@ def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") 
     else:
         recipe_steps = list(enumerate(recipe, start=1))
     for step, record in recipe_steps:
-        fn = resolve_transform(record.transform)
         where = f"checkpoint {path!r} does not fit this model: recipe step {step} ({record.transform})"
         try:
             with warnings.catch_warnings():
                 # "include entry matched nothing" is a warning for users; here it is the error reported below.
                 warnings.simplefilter("ignore")
-                model = fn(model, **_replay_kwargs(fn, record))
+                model = replay_step(model, record)
         except SurgeonError as exc:
             names = dict(model.named_modules())
             absent = [name for name in record.selected if name not in names]

@@ -11,7 +11,7 @@ from torch import nn
 from surgeon.ops.acdc import acdc_cascade_ref, canonical_activation
 from surgeon.ops.dispatch import acdc_cascade
 
-_MAX_DEPTH = 1024
+MAX_DEPTH = 1024   # the one limit on ACDC depth (the configs and the CLI read it here)
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -42,8 +42,8 @@ class ACDCLinear(nn.Module):
                  seed: int | None = None, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         check_features(in_features, out_features)
-        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= _MAX_DEPTH:
-            raise ValueError(f"depth must be an integer between 1 and {_MAX_DEPTH}, got {depth!r}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be an integer between 1 and {MAX_DEPTH}, got {depth!r}")
         if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
             raise ValueError(f"init_std must be a finite non-negative number, got {init_std!r}")
         self.in_features, self.out_features, self.depth = in_features, out_features, depth

@@ -36,10 +36,10 @@ from torch import nn
 from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
 from surgeon.noise.hard import sgn
 
-__all__ = ["MOLLIFIED_KINDS", "MollifiedActivation"]
+__all__ = ["EVAL_NOISE", "MOLLIFIED_KINDS", "MollifiedActivation"]
 
 MOLLIFIED_KINDS: tuple[str, ...] = ("sigmoid", "tanh", "relu")
-_EVAL_NOISE = ("mean", "none")
+EVAL_NOISE = ("mean", "none")
 
 
 class MollifiedActivation(PerUnitNoiseModule):
@@ -80,8 +80,8 @@ class MollifiedActivation(PerUnitNoiseModule):
         kind = str(kind).lower()
         if kind not in MOLLIFIED_KINDS:
             raise ValueError(f"kind must be one of {MOLLIFIED_KINDS}, got {kind!r}")
-        if eval_noise not in _EVAL_NOISE:
-            raise ValueError(f"eval_noise must be one of {_EVAL_NOISE}, got {eval_noise!r}")
+        if eval_noise not in EVAL_NOISE:
+            raise ValueError(f"eval_noise must be one of {EVAL_NOISE}, got {eval_noise!r}")
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"p must lie in [0, 1], got {p}")
         if float(c) < 0:

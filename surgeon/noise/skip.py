@@ -24,9 +24,9 @@ from torch import nn
 
 from surgeon.noise.base import NoiseModule
 
-__all__ = ["StochasticSkip"]
+__all__ = ["EVAL_MODES", "StochasticSkip"]
 
-_EVAL_MODES = ("expectation", "full")
+EVAL_MODES = ("expectation", "full")
 
 
 class StochasticSkip(NoiseModule):
@@ -59,8 +59,8 @@ class StochasticSkip(NoiseModule):
         super().__init__(layer=layer)
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"p must lie in [0, 1], got {p}")
-        if eval_mode not in _EVAL_MODES:
-            raise ValueError(f"eval_mode must be one of {_EVAL_MODES}, got {eval_mode!r}")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
         self.block = block
         self.projection = projection
         self.unit_dim = int(unit_dim)

@@ -1,8 +1,8 @@
 """The surgery engine: trace (or fall back to the module tree), select, rewrite, record.
 
 :func:`apply_surgery` is the one entry point every transform goes through (``convert``, ``noisify``,
-``mollify``). A transform supplies :class:`~surgeon.surgery.rules.Rule` objects and its JSON-able structural
-arguments; the engine does everything else:
+``mollify``). A transform supplies :class:`~surgeon.surgery.rules.Rule` objects and its typed config; the
+engine does everything else:
 
 1. copies the model (unless ``inplace``) and traces it with torch.fx, keeping the rules' module types as leaves;
    if tracing fails it warns once (:class:`~surgeon.errors.TraceFallbackWarning`, naming the functional calls it
@@ -29,12 +29,17 @@ Example — a rule that swaps ``nn.ReLU`` modules and ``torch.relu`` calls for a
         def build(self, site):
             return MyAct()
 
-    model = apply_surgery(model, [ReluRule()], transform_name="myact", arguments={})
+    model = apply_surgery(model, [ReluRule()], transform_name="myact")
+
+To make such a surgery replayable from a checkpoint, give it a config class and a handler
+(:mod:`surgeon.surgery.transform`) and pass ``config=`` here.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -42,7 +47,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from surgeon.configs.base import TransformConfig
 from surgeon.errors import SelectionError, SelectionWarning, SurgeryError, TraceFallbackWarning
+from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import (
     RECORDS_ATTRIBUTE,
     Change,
@@ -60,6 +67,16 @@ from surgeon.surgery.tracing import (
     trace,
     unseen_calls,
 )
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """Warn, attributing the warning to the first caller outside surgeon (however deep the front door is)."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _parent(name: str) -> tuple[str, str]:
@@ -385,20 +402,70 @@ def _fallback_message(model: nn.Module, why: str, rules: Sequence[Rule], transfo
             f"tree instead; {calls}")
 
 
-def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, transform_name: str, arguments: dict[str, Any],
-                  include: Pattern = None, exclude: Pattern = None, filter_fn: FilterFn | None = None,
-                  inplace: bool = False) -> nn.Module:
+def _swap(work: nn.Module, graph: fx.Graph | None, site: Site) -> Change:
+    """Build ``site``'s replacement, put it in place and describe the change."""
+    built = site.rule.build(site)
+    result = built if isinstance(built, Replacement) else Replacement(built)
+    new = result.module
+    params_before = sum(p.numel() for p in site.old_parameters())
+    _adapt(new, site, work)
+    if site.source == "module":
+        for name in site.names:
+            _set_module(work, name, new)
+    else:
+        work.get_submodule(site.owner).add_module(_parent(site.name)[1], new)
+        assert graph is not None
+        _rewrite_calls(graph, site)
+        for qualname, param in site.params.items():
+            _remove_parameter(work, qualname, param)
+    note = result.note
+    if site.aliases:
+        note = "; ".join(filter(None, [note, f"shared module, also at {', '.join(site.aliases)}"]))
+    if len(site.nodes) > 1:
+        note = "; ".join(filter(None, [note, f"one replacement for {len(site.nodes)} calls"]))
+    config = result.config if result.config is not None else site.rule.change_config(new)
+    return Change(name=site.name, source=site.source, old=site.old, new=type(new).__name__, config=config,
+                  params_before=params_before, params_after=sum(p.numel() for p in new.parameters()),
+                  fit_error=result.fit_error, note=note)
+
+
+def _run_rules(work: nn.Module, graph: fx.Graph | None, rules: Sequence[Rule], selected: list[Site],
+               quiet: bool) -> tuple[list[Change], list[Warning]]:
+    """Each rule's whole life: ``prepare`` with its sites, ``build`` each, ``finish`` (even on error)."""
+    costs = [site.rule.cost(site) for site in selected]
+    labels = [site.rule.progress_label for site, cost in zip(selected, costs) if cost > 0]
+    progress = LazyProgress(sum(costs) or 1, labels[0] if labels else "", quiet=quiet or not labels)
+    prepared: list[Rule] = []
+    finished: list[Warning] = []
+    with progress:
+        try:
+            for rule in rules:
+                mine = [s for s in selected if s.rule is rule]
+                if mine:
+                    prepared.append(rule)
+                    rule.prepare(SurgeryContext(work, graph, mine, progress))
+            changes = [_swap(work, graph, site) for site in selected]
+        finally:
+            for rule in prepared:
+                finished.extend(rule.finish())
+    return changes, finished
+
+
+def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, config: TransformConfig | None = None,
+                  transform_name: str | None = None, include: Pattern = None, exclude: Pattern = None,
+                  filter_fn: FilterFn | None = None, inplace: bool = False, quiet: bool = False) -> nn.Module:
     """Replace every selected site of ``rules`` in ``model`` and attach a record of what happened.
 
-    ``arguments`` are the transform's JSON-able structural arguments, stored as ``record.arguments`` so that
-    ``transform(fresh_model, **arguments, include=record.selected)`` rebuilds the same structure; they must not
-    contain ``include``. Returns the model (same class) or, when calls had to be rewritten, a GraphModule.
-    Raises :class:`~surgeon.errors.SelectionError` when nothing can be selected.
+    ``config`` is the transform's typed config; the record stores it (as each rule's
+    :meth:`~surgeon.surgery.rules.Rule.recorded_config` adjusts it), so that replaying the record on a fresh
+    model with ``include=record.selected`` rebuilds the same structure. ``transform_name`` defaults to
+    ``config.transform``. ``quiet`` hides the progress bar of slow rules. Returns the model (same class) or,
+    when calls had to be rewritten, a GraphModule. Raises :class:`~surgeon.errors.SelectionError` when nothing
+    can be selected, :class:`~surgeon.errors.SurgeryError` when the record would not be JSON-able.
     """
+    transform_name = transform_name or (config.transform if config is not None else "surgery")
     if not isinstance(model, nn.Module):
         raise SurgeryError(f"{transform_name} needs an nn.Module, got {type(model).__name__}")
-    if "include" in arguments:
-        raise SurgeryError("arguments must not contain 'include'; the record's selected list replaces it")
     rules = list(rules)
     include_m = NameMatcher.parse(include, "include")
     exclude_m = NameMatcher.parse(exclude, "exclude")
@@ -417,52 +484,28 @@ def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, transform_name: st
     notes: list[str] = []
     if graph is None:
         notes.append(_fallback_message(work, why, rules, transform_name))
-        warnings.warn(notes[-1], TraceFallbackWarning, stacklevel=3)
+        warn_user(notes[-1], TraceFallbackWarning)
     for message in messages:
-        warnings.warn(f"{transform_name}: {message}", SelectionWarning, stacklevel=3)
+        warn_user(f"{transform_name}: {message}", SelectionWarning)
     notes.extend(messages)
     if not selected:
         notes.append(f"{transform_name}: nothing was replaced ({len(skips)} candidates skipped)")
-        warnings.warn(notes[-1], SelectionWarning, stacklevel=3)
-    for rule in rules:
-        mine = [s for s in selected if s.rule is rule]
-        if mine:
-            rule.prepare(SurgeryContext(work, graph, mine))
-    changes: list[Change] = []
-    rewrote_calls = False
-    for site in selected:
-        built = site.rule.build(site)
-        result = built if isinstance(built, Replacement) else Replacement(built)
-        new = result.module
-        params_before = sum(p.numel() for p in site.old_parameters())
-        _adapt(new, site, work)
-        if site.source == "module":
-            for name in site.names:
-                _set_module(work, name, new)
-        else:
-            work.get_submodule(site.owner).add_module(_parent(site.name)[1], new)
-            assert graph is not None
-            _rewrite_calls(graph, site)
-            for qualname, param in site.params.items():
-                _remove_parameter(work, qualname, param)
-            rewrote_calls = True
-        note = result.note
-        if site.aliases:
-            note = "; ".join(filter(None, [note, f"shared module, also at {', '.join(site.aliases)}"]))
-        if len(site.nodes) > 1:
-            note = "; ".join(filter(None, [note, f"one replacement for {len(site.nodes)} calls"]))
-        config = result.config if result.config is not None else site.rule.config(new)
-        changes.append(Change(name=site.name, source=site.source, old=site.old, new=type(new).__name__,
-                              config=config, params_before=params_before,
-                              params_after=sum(p.numel() for p in new.parameters()),
-                              fit_error=result.fit_error, note=note))
+        warn_user(notes[-1], SelectionWarning)
+    changes, finished = _run_rules(work, graph, rules, selected, quiet)
+    for warning in finished:
+        warn_user(str(warning), type(warning))
+        notes.append(str(warning))
     result_model: nn.Module = work
-    if rewrote_calls:
+    if any(site.source != "module" for site in selected):
         assert graph is not None
         result_model = _graph_module(work, graph, type(model).__name__)
-    record = SurgeryRecord(transform=transform_name, arguments=dict(arguments),
+    for rule in rules:
+        config = rule.recorded_config(config) if config is not None else None
+    record = SurgeryRecord(transform=transform_name, config_type="" if config is None else type(config).__name__,
+                           config={} if config is None else config.to_dict(),
                            selected=_to_json_safe_names(selected), changes=changes, skipped=skips,
                            traced=graph is not None, warnings=notes)
+    record.check_json()
     append_record(result_model, record)
     return result_model
 

@@ -23,11 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from surgeon.errors import ConfigError
 from surgeon.layers.pointwise import PointwiseConv
 
-TARGETS = ("linear", "conv1x1")
-DEFAULT_TARGETS = ("linear",)
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -39,18 +36,6 @@ class LinearView:
     out_features: int
     weight: torch.Tensor            # (out, in); a view of the module's parameter, not a copy
     bias: torch.Tensor | None       # (out,)
-
-
-def parse_targets(targets: Iterable[str] | str | None) -> tuple[str, ...]:
-    """The canonical (sorted, deduplicated) tuple of targets; ConfigError for unknown or empty ones."""
-    if targets is None:
-        return DEFAULT_TARGETS
-    chosen = (targets,) if isinstance(targets, str) else tuple(targets)
-    unknown = [t for t in chosen if t not in TARGETS]
-    if unknown or not chosen:
-        raise ConfigError(f"targets must be a non-empty set of {', '.join(repr(t) for t in TARGETS)}, "
-                          f"got {unknown[0] if unknown else 'an empty set'!r}")
-    return tuple(sorted(set(chosen)))
 
 
 def hf_conv1d_type() -> type[nn.Module] | None:

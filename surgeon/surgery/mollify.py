@@ -37,15 +37,13 @@ stored on the modules' ``layer`` attribute, so ``Annealer(model, "loss-exp")`` a
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from surgeon.errors import ConfigError
-from surgeon.noise.mollified import MOLLIFIED_KINDS, MollifiedActivation
+from surgeon.configs.noise import DEFAULT_MOLLIFY_C, MollifyConfig
+from surgeon.noise.mollified import MollifiedActivation
 from surgeon.noise.skip import StochasticSkip
 from surgeon.surgery.engine import apply_surgery
 from surgeon.surgery.noisify import (
@@ -58,7 +56,6 @@ from surgeon.surgery.noisify import (
     ActivationRule,
     Units,
     activation_kind,
-    check_json,
     execution_order,
     prune_noise_skips,
     reference_device,
@@ -67,12 +64,11 @@ from surgeon.surgery.noisify import (
 from surgeon.surgery.record import Change
 from surgeon.surgery.rules import Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
+from surgeon.surgery.transform import Call, make_config, register_transform, run_transform
 
 __all__ = ["DEFAULT_C", "mollify"]
 
-#: The thesis gives no value for c; 100 makes ψ essentially linear at p = 1 for pre-activations of order 1–10
-#: (the default of :class:`~surgeon.noise.MollifiedActivation`).
-DEFAULT_C = 100.0
+DEFAULT_C = DEFAULT_MOLLIFY_C
 
 # Layers allowed between the weight layer and the activation of a block: they keep the unit axis.
 _BLOCK_INNER: tuple[type[nn.Module], ...] = (
@@ -123,12 +119,11 @@ class MollifyRule(ActivationRule):
 
     name = "mollify"
 
-    def __init__(self, kinds: Sequence[str], recurrent: bool, skip: bool, c: float, p: float, eval_noise: str,
-                 eval_mode: str, shared: bool) -> None:
-        self.kinds, self.skip, self.eval_mode = tuple(kinds), skip, eval_mode
-        self.c, self.p, self.eval_noise, self.shared = c, p, eval_noise, shared
+    def __init__(self, config: MollifyConfig) -> None:
+        self.config = config
+        self.kinds = config.kinds
         self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.kinds) + (
-            tuple(RECURRENT) if recurrent else ())
+            tuple(RECURRENT) if config.recurrent else ())
         self.functions = tuple(f for k in self.kinds for f in ACTIVATION_FUNCTIONS[k])
         self.methods = tuple(ACTIVATION_METHODS[k] for k in self.kinds)
         self.unsupported = NOISE_LEAVES
@@ -149,7 +144,7 @@ class MollifyRule(ActivationRule):
             layer += int(getattr(site.module, "num_layers", 1)) if self._is_recurrent(site) else 1
             if not self._is_recurrent(site):
                 self.units[site.name] = site_units(site, context.root, context.graph)
-        if self.skip:
+        if self.config.skip:
             self.blocks = self._find_blocks(context)
 
     def _find_blocks(self, context: SurgeryContext) -> list[_Block]:
@@ -203,7 +198,8 @@ class MollifyRule(ActivationRule):
         if self._is_recurrent(site):
             assert site.module is not None
             cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
-            gate_kwargs = {"p": self.p, "c": self.c, "eval_noise": self.eval_noise, "shared": self.shared}
+            gate_kwargs = {"p": self.config.p, "c": self.config.c, "eval_noise": self.config.eval_noise,
+                           "shared": self.config.shared}
             new = cls.from_torch(site.module, gates="mollified", gate_kwargs=gate_kwargs)
             groups = new.gate_activations
             # One annealer layer per RNN layer, numbered upwards from the site's first number.
@@ -211,9 +207,9 @@ class MollifyRule(ActivationRule):
                 group.layer = layer + offset
             return new
         num_features, unit_dim, shared = self.units.get(site.name, SHARED)
-        new = MollifiedActivation(kind=activation_kind(site, self.kinds), p=self.p, c=self.c,
-                                  num_features=num_features, unit_dim=unit_dim, shared=shared or self.shared,
-                                  layer=layer, eval_noise=self.eval_noise)
+        new = MollifiedActivation(kind=activation_kind(site, self.kinds), p=self.config.p, c=self.config.c,
+                                  num_features=num_features, unit_dim=unit_dim, shared=shared or self.config.shared,
+                                  layer=layer, eval_noise=self.config.eval_noise)
         return new if self.device is None else new.to(device=self.device)
 
 
@@ -225,7 +221,7 @@ def _wrap_blocks(model: nn.Module, rule: MollifyRule) -> dict[str, tuple[str, St
         inner = nn.Sequential(*[getattr(owner, key) for key in block.keys])
         activation = inner[-1]
         assert isinstance(activation, MollifiedActivation)
-        skip = StochasticSkip(inner, p=rule.p, unit_dim=block.unit_dim, eval_mode=rule.eval_mode,
+        skip = StochasticSkip(inner, p=rule.config.p, unit_dim=block.unit_dim, eval_mode=rule.config.eval_mode,
                               layer=activation.layer)
         skip.train(activation.training)
         if rule.device is not None:
@@ -239,21 +235,18 @@ def _wrap_blocks(model: nn.Module, rule: MollifyRule) -> dict[str, tuple[str, St
     return moved
 
 
-_MOLLIFY_OPTIONS = ("p", "eval_noise", "eval_mode", "shared")
-
-
-def mollify(model: nn.Module, *, c: float = DEFAULT_C, skip: bool = True, kinds: Sequence[str] = MOLLIFIED_KINDS,
-            recurrent: bool = True, include: Pattern = None, exclude: Pattern = None,
-            filter_fn: FilterFn | None = None, inplace: bool = False, **kw: Any) -> nn.Module:
+def mollify(model: nn.Module, config: MollifyConfig | None = None, *, include: Pattern = None,
+            exclude: Pattern = None, filter_fn: FilterFn | None = None, inplace: bool = False,
+            **options: Any) -> nn.Module:
     """Make ``model`` a mollifying network (thesis §4.4): mollified activations plus stochastic skips.
 
-    ``c`` is the noise scale of eq. 4.25; ``kinds`` the activations mollified (``"sigmoid"``, ``"tanh"``,
-    ``"relu"``); ``recurrent=True`` also gives ``nn.LSTM``/``nn.GRU``/cells mollified gates; ``skip=True`` wraps
-    every block (see the module docstring for the definition) in :class:`~surgeon.noise.StochasticSkip`
-    (eqs. 4.27–4.30). Layers are numbered from the input for the per-layer rates of eq. 4.31. Options
-    (``**kw``): ``p`` (initial noise level, 1.0 = the start of annealing, where every block is skipped and
-    every activation is linear), ``eval_noise`` (``"mean"`` / ``"none"``, see MollifiedActivation),
-    ``eval_mode`` (``"expectation"`` / ``"full"``, see StochasticSkip), ``shared`` (one ``a`` per layer).
+    ``config`` is a :class:`~surgeon.configs.MollifyConfig`, or None with its fields as keyword ``options``
+    (``mollify(model, c=50)`` is ``mollify(model, MollifyConfig(c=50))``): ``c`` is the noise scale of
+    eq. 4.25; ``kinds`` the activations mollified (``"sigmoid"``, ``"tanh"``, ``"relu"``); ``recurrent=True``
+    also gives ``nn.LSTM``/``nn.GRU``/cells mollified gates; ``skip=True`` wraps every block (see the module
+    docstring for the definition) in :class:`~surgeon.noise.StochasticSkip` (eqs. 4.27–4.30); ``p`` is the
+    initial noise level (1.0 = the start of annealing, where every block is skipped and every activation is
+    linear). Layers are numbered from the input for the per-layer rates of eq. 4.31.
 
     ``include`` / ``exclude`` / ``filter_fn`` select activation and recurrent sites by their names in the
     original model, as in :func:`surgeon.convert`; a block is wrapped iff its activation is selected. Returns the
@@ -264,31 +257,15 @@ def mollify(model: nn.Module, *, c: float = DEFAULT_C, skip: bool = True, kinds:
         annealer = surgeon.noise.Annealer(model, schedule="loss-exp")
         ...; optimizer.step(); annealer.step(loss)
     """
-    unknown = sorted(set(kw) - set(_MOLLIFY_OPTIONS))
-    if unknown:
-        raise ConfigError(f"mollify: unknown option {unknown[0]!r}; allowed: {', '.join(_MOLLIFY_OPTIONS)}")
-    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-    bad = [k for k in kinds if k not in MOLLIFIED_KINDS]
-    if bad or (not kinds and not recurrent):
-        raise ConfigError(f"mollify: kinds must be a subset of {MOLLIFIED_KINDS}, got {kinds!r}")
-    if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
-        raise ConfigError(f"mollify: c must be a finite number >= 0, got {c!r}")
-    p = kw.get("p", 1.0)
-    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-        raise ConfigError(f"mollify: p must lie in [0, 1], got {p!r}")
-    eval_noise = kw.get("eval_noise", "mean")
-    eval_mode = kw.get("eval_mode", "expectation")
-    if eval_noise not in ("mean", "none"):
-        raise ConfigError(f"mollify: eval_noise must be 'mean' or 'none', got {eval_noise!r}")
-    if eval_mode not in ("expectation", "full"):
-        raise ConfigError(f"mollify: eval_mode must be 'expectation' or 'full', got {eval_mode!r}")
-    shared = bool(kw.get("shared", False))
-    rule = MollifyRule(kinds, recurrent, bool(skip), float(c), float(p), eval_noise, eval_mode, shared)
-    arguments: dict[str, Any] = {"c": float(c), "skip": bool(skip), "kinds": kinds, "recurrent": bool(recurrent),
-                                 "p": float(p), "eval_noise": eval_noise, "eval_mode": eval_mode, "shared": shared}
-    check_json(arguments, "mollify")
-    result = apply_surgery(model, [rule], transform_name="mollify", arguments=arguments, include=include,
-                           exclude=exclude, filter_fn=filter_fn, inplace=inplace)
+    config = make_config("mollify", "mollify" if config is None else config, options, "config")
+    return run_transform(model, config, Call(include, exclude, filter_fn, inplace=inplace))
+
+
+@register_transform(MollifyConfig)
+def _mollify_with(model: nn.Module, config: MollifyConfig, call: Call) -> nn.Module:
+    rule = MollifyRule(config)
+    result = apply_surgery(model, [rule], config=config, **call.selection(), inplace=call.inplace,
+                           quiet=call.quiet)
     record = result.surgeon_records[-1]
     prune_noise_skips(record)
     selected = set(record.selected)

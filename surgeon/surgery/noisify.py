@@ -22,7 +22,6 @@ time and a checkpoint loads strictly), and the execution order of sites.
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -32,19 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from surgeon.configs.noise import NOISIFY_TARGETS, NoisifyConfig
 from surgeon.errors import ConfigError
 from surgeon.noise.base import NoiseModule
 from surgeon.noise.mollified import MollifiedActivation
-from surgeon.noise.noisy import NOISY_MODES, NoisyHardSigmoid, NoisyHardTanh
-from surgeon.noise.recurrent import GATE_KINDS, NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
+from surgeon.noise.noisy import NoisyHardSigmoid, NoisyHardTanh
+from surgeon.noise.recurrent import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
 from surgeon.surgery.engine import apply_surgery
 from surgeon.surgery.record import SurgeryRecord
 from surgeon.surgery.rules import Rule, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
+from surgeon.surgery.transform import Call, make_config, register_transform, run_transform
 
 __all__ = ["NOISIFY_TARGETS", "noisify"]
-
-NOISIFY_TARGETS: tuple[str, ...] = ("sigmoid", "tanh")
 
 # -- what each activation kind looks like in a model --------------------------------------------------------------
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
@@ -285,13 +284,6 @@ def prune_noise_skips(record: SurgeryRecord) -> None:
                               and any(s.name.startswith(other + ".") for other in noisy if other != "(model)"))]
 
 
-def check_json(arguments: dict[str, Any], transform: str) -> None:
-    try:
-        json.dumps(arguments)
-    except TypeError as exc:
-        raise ConfigError(f"{transform}: arguments must be JSON-able to be replayed from a checkpoint: {exc}") from None
-
-
 class ActivationRule(Rule):
     """What noisify and mollify share: activation call sites take only their tensor, and recurrent modules or
     activations with a custom ``forward`` are refused with a reason."""
@@ -314,12 +306,11 @@ class NoisifyRule(ActivationRule):
 
     name = "noisify"
 
-    def __init__(self, mode: str, targets: Sequence[str], c: float | None, alpha: float | None, gates: str | None,
-                 gate_kwargs: dict[str, Any], shared: bool) -> None:
-        self.mode, self.targets, self.c, self.alpha = mode, tuple(targets), c, alpha
-        self.gates, self.gate_kwargs, self.shared = gates, gate_kwargs, shared
+    def __init__(self, config: NoisifyConfig) -> None:
+        self.config = config
+        self.targets = config.targets
         self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.targets) + (
-            tuple(RECURRENT) if gates is not None else ())
+            tuple(RECURRENT) if config.gates is not None else ())
         self.functions = tuple(f for k in self.targets for f in ACTIVATION_FUNCTIONS[k])
         self.methods = tuple(ACTIVATION_METHODS[k] for k in self.targets)
         self.unsupported = NOISE_LEAVES
@@ -335,73 +326,49 @@ class NoisifyRule(ActivationRule):
     def build(self, site: Site) -> nn.Module:
         if site.source == "module" and isinstance(site.module, tuple(RECURRENT)):
             cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
-            return cls.from_torch(site.module, gates=self.gates, gate_kwargs=self.gate_kwargs)
+            return cls.from_torch(site.module, gates=self.config.gates, gate_kwargs=self.config.gate_options())
         kind = activation_kind(site, self.targets)
         num_features, unit_dim, shared = self.units.get(site.name, SHARED)
         cls = NoisyHardSigmoid if kind == "sigmoid" else NoisyHardTanh
-        new = cls(mode=self.mode, c=self.c, alpha=self.alpha, num_features=num_features, unit_dim=unit_dim,
-                  shared=shared or self.shared)
+        new = cls(mode=self.config.mode, c=self.config.c, alpha=self.config.alpha, num_features=num_features,
+                  unit_dim=unit_dim, shared=shared or self.config.shared)
         return new if self.device is None else new.to(device=self.device)
 
 
-_NOISIFY_OPTIONS = ("shared", "gate_kwargs")
-
-
-def noisify(model: nn.Module, mode: str = "nah", *, targets: Sequence[str] = NOISIFY_TARGETS,
-            include: Pattern = None, exclude: Pattern = None, filter_fn: FilterFn | None = None,
-            inplace: bool = False, c: float | None = None, alpha: float | None = None,
-            gates: str | None = "noisy", **kw: Any) -> nn.Module:
-    """Replace the sigmoid / tanh units of ``model`` with noisy hard-saturating units (thesis §4.3).
-
-    Sigmoid sites (``nn.Sigmoid``, ``torch.sigmoid``, ``F.sigmoid``, ``torch.special.expit``, ``x.sigmoid()``)
-    become :class:`~surgeon.noise.NoisyHardSigmoid`, tanh sites :class:`~surgeon.noise.NoisyHardTanh`, both with
-    ``mode`` (``"nan"``, ``"nah"``, ``"nani"``, ``"nanil"``, ``"nanis"``) and ``c`` / ``alpha`` — None picks the
-    authors' defaults (sigmoid α = 1.1, c = 0.15; tanh α = 1.15, c = 0.5; NANI c = 0.05; NANIS c = 0.25). The
-    learned per-unit ``p`` of eq. 4.10 is sized at surgery time from the layer that feeds the site (Linear /
-    Conv / norm / recurrent output); a site whose size cannot be read off the model gets one shared scalar p.
-
-    ``nn.LSTM`` / ``nn.GRU`` / ``nn.LSTMCell`` / ``nn.GRUCell`` become the :mod:`surgeon.noise.recurrent`
-    modules with the same weights and ``gates`` (``"noisy"``: noisy hard gates with ``mode``/``c``/``alpha``;
-    ``"hard"``, ``"soft"``, ``"mollified"``); ``gates=None`` leaves recurrent modules alone.
-
-    ``targets`` restricts the activation kinds (``("sigmoid",)``). ``include`` / ``exclude`` / ``filter_fn``
-    select sites by name as in :func:`surgeon.convert`; when torch.fx cannot trace the model only modules are
-    replaced and a :class:`~surgeon.errors.TraceFallbackWarning` names the calls left alone. Extra options
-    (``**kw``): ``shared=True`` (one scalar p per unit instead of one per unit), ``gate_kwargs`` (passed to the
-    gate activations, overriding the ones derived from ``mode``/``c``/``alpha``).
-
-    Returns the model (its own class, or an ``fx.GraphModule`` when calls were rewritten) with a
-    :class:`~surgeon.surgery.record.SurgeryRecord` appended to ``model.surgeon_records``.
-    """
-    unknown = sorted(set(kw) - set(_NOISIFY_OPTIONS))
-    if unknown:
-        raise ConfigError(f"noisify: unknown option {unknown[0]!r}; allowed: {', '.join(_NOISIFY_OPTIONS)}")
-    mode = str(mode).lower()
-    if mode not in NOISY_MODES:
-        raise ConfigError(f"noisify: mode must be one of {', '.join(NOISY_MODES)}, got {mode!r}")
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    bad = [t for t in targets if t not in NOISIFY_TARGETS]
-    if bad or not targets:
-        raise ConfigError(f"noisify: targets must be a non-empty subset of {NOISIFY_TARGETS}, got {targets!r}")
-    if gates is not None and gates not in GATE_KINDS:
-        raise ConfigError(f"noisify: gates must be one of {', '.join(GATE_KINDS)} or None, got {gates!r}")
-    for label, value in (("c", c), ("alpha", alpha)):
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ConfigError(f"noisify: {label} must be a finite number or None, got {value!r}")
-    if c is not None and c < 0:
-        raise ConfigError(f"noisify: c must be >= 0, got {c!r}")
-    shared = bool(kw.get("shared", False))
-    gate_kwargs: dict[str, Any] = {}
-    if gates == "noisy":
-        gate_kwargs = {"mode": mode, **({"c": float(c)} if c is not None else {}),
-                       **({"alpha": float(alpha)} if alpha is not None else {})}
-    gate_kwargs.update(kw.get("gate_kwargs") or {})
-    rule = NoisifyRule(mode, targets, None if c is None else float(c), None if alpha is None else float(alpha),
-                       gates, gate_kwargs, shared)
-    arguments: dict[str, Any] = {"mode": mode, "targets": targets, "c": c, "alpha": alpha, "gates": gates,
-                                 "shared": shared, "gate_kwargs": dict(kw.get("gate_kwargs") or {})}
-    check_json(arguments, "noisify")
-    result = apply_surgery(model, [rule], transform_name="noisify", arguments=arguments, include=include,
-                           exclude=exclude, filter_fn=filter_fn, inplace=inplace)
+@register_transform(NoisifyConfig)
+def _noisify_with(model: nn.Module, config: NoisifyConfig, call: Call) -> nn.Module:
+    result = apply_surgery(model, [NoisifyRule(config)], config=config, **call.selection(), inplace=call.inplace,
+                           quiet=call.quiet)
     prune_noise_skips(result.surgeon_records[-1])
     return result
+
+
+def noisify(model: nn.Module, config: NoisifyConfig | str | None = None, *, include: Pattern = None,
+            exclude: Pattern = None, filter_fn: FilterFn | None = None, inplace: bool = False,
+            **options: Any) -> nn.Module:
+    """Replace the sigmoid / tanh units of ``model`` with noisy hard-saturating units (thesis §4.3).
+
+    ``config`` is a :class:`~surgeon.configs.NoisifyConfig`, or None / the noise mode with the config's fields as
+    keyword ``options``: ``noisify(model, "nah", c=0.3)`` is ``noisify(model, mode="nah", c=0.3)`` is
+    ``noisify(model, NoisifyConfig(mode="nah", c=0.3))``. Sigmoid sites (``nn.Sigmoid``, ``torch.sigmoid``,
+    ``F.sigmoid``, ``torch.special.expit``, ``x.sigmoid()``) become :class:`~surgeon.noise.NoisyHardSigmoid`, tanh sites
+    :class:`~surgeon.noise.NoisyHardTanh`; ``c`` / ``alpha`` None pick the authors' defaults (sigmoid α = 1.1,
+    c = 0.15; tanh α = 1.15, c = 0.5; NANI c = 0.05; NANIS c = 0.25). The learned per-unit ``p`` of eq. 4.10 is
+    sized at surgery time from the layer that feeds the site (Linear / Conv / norm / recurrent output); a site
+    whose size cannot be read off the model gets one shared scalar p.
+
+    ``nn.LSTM`` / ``nn.GRU`` / ``nn.LSTMCell`` / ``nn.GRUCell`` become the :mod:`surgeon.noise.recurrent`
+    modules with the same weights and gates ``config.gates``; ``gates=None`` leaves recurrent modules alone.
+
+    ``include`` / ``exclude`` / ``filter_fn`` select sites by name as in :func:`surgeon.convert`; when torch.fx
+    cannot trace the model only modules are replaced and a :class:`~surgeon.errors.TraceFallbackWarning` names
+    the calls left alone. Returns the model (its own class, or an ``fx.GraphModule`` when calls were rewritten)
+    with a :class:`~surgeon.surgery.record.SurgeryRecord` appended to ``model.surgeon_records``.
+    """
+    if isinstance(config, str):
+        if "mode" in options:
+            raise ConfigError("noisify: give the mode once, positionally or as mode=")
+        options["mode"] = config
+    config = make_config("noisify", "noisify" if config is None or isinstance(config, str) else config, options,
+                         "config")
+    return run_transform(model, config, Call(include, exclude, filter_fn, inplace=inplace))

@@ -3,17 +3,22 @@
 A model that went through ``surgeon.convert`` / ``noisify`` / ``mollify`` carries, as the plain Python attribute
 ``surgeon_records``, one :class:`SurgeryRecord` per transform applied, oldest first. The record is JSON-able: a
 checkpoint stores it as its recipe, and replaying the recipe on a freshly built original model (calling the same
-transform with ``arguments`` and ``include`` narrowed to exactly ``selected``) rebuilds the same structure, so the
-saved weights load into it.
+transform with the recorded config and ``include`` narrowed to exactly ``selected``) rebuilds the same structure, so
+the saved weights load into it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from surgeon.configs.base import TransformConfig, config_type
+from surgeon.configs.legacy import translate_record
+from surgeon.errors import SurgeryError
 
 RECORDS_ATTRIBUTE = "surgeon_records"
 
@@ -46,7 +51,8 @@ class SurgeryRecord:
     """Everything one transform did to one model."""
 
     transform: str                     # "convert", "noisify", "mollify"
-    arguments: dict[str, Any]          # the JSON-able arguments it was called with
+    config_type: str = ""              # class name of the config, e.g. "ACDCConfig" ("" for a custom surgery)
+    config: dict[str, Any] = field(default_factory=dict)   # config.to_dict() of what replays the surgery
     selected: list[str] = field(default_factory=list)   # exact names chosen for surgery
     changes: list[Change] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
@@ -58,10 +64,25 @@ class SurgeryRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SurgeryRecord:
-        data = dict(data)
+        """The record ``data`` describes (also in the pre-config form with ``arguments``, translated)."""
+        data = translate_record(dict(data))
         data["changes"] = [Change(**c) for c in data.get("changes", [])]
         data["skipped"] = [Skip(**s) for s in data.get("skipped", [])]
         return cls(**data)
+
+    def rebuild_config(self) -> TransformConfig:
+        """The config this record stores (checked again)."""
+        return config_type(self.config_type).from_dict(self.config)
+
+    def check_json(self) -> None:
+        """Raise SurgeryError unless the record is JSON-able (a checkpoint's recipe must be)."""
+        try:
+            json.dumps(self.to_dict())
+        except (TypeError, ValueError) as exc:
+            bad = next((c.name for c in self.changes if not _json_able(c.config)), None)
+            where = f" (the config of change {bad!r})" if bad else ""
+            raise SurgeryError(f"{self.transform}: the record is not JSON-able{where}, so it could not be replayed "
+                               f"from a checkpoint: {exc}") from None
 
 
 def records(model: nn.Module) -> list[SurgeryRecord]:
@@ -74,3 +95,11 @@ def append_record(model: nn.Module, record: SurgeryRecord) -> None:
     history = list(getattr(model, RECORDS_ATTRIBUTE, []))
     history.append(record)
     object.__setattr__(model, RECORDS_ATTRIBUTE, history)
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

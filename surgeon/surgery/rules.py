@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
-SOURCES = ("module", "function", "method")
+from surgeon.surgery.progress import LazyProgress
 
+if TYPE_CHECKING:
+    from surgeon.configs.base import TransformConfig
 
 @dataclass(eq=False)
 class Site:
@@ -80,6 +82,9 @@ class SurgeryContext:
     root: nn.Module                 # the model being rewritten (already a copy unless ``inplace``)
     graph: fx.Graph | None          # the traced graph, None on the module-tree fallback
     sites: list[Site]               # the selected sites, in candidate order
+    # The surgery's progress bar (total: the sum of Rule.cost over the selected sites); ``update(done)`` with the
+    # units done so far, across this rule's sites.
+    progress: LazyProgress = field(default_factory=lambda: LazyProgress(1, "", quiet=True))
 
 
 class Rule:
@@ -130,14 +135,31 @@ class Rule:
         """Why the default policy leaves this site alone (overridden when ``include`` lists it by name)."""
         return None
 
+    #: What the progress bar says while this rule's costly sites are built.
+    progress_label: str = "surgery"
+
+    def cost(self, site: Site) -> float:
+        """Units of slow work (e.g. fits) building ``site`` takes; the engine shows a progress bar when any."""
+        return 0.0
+
     def prepare(self, context: SurgeryContext) -> None:
         """Called once with every selected site before the first :meth:`build`."""
+
+    def finish(self) -> list[Warning]:
+        """Called once after the last :meth:`build` of a prepared rule, even when the surgery failed; returns
+        warnings for the record (the engine also issues them; they are dropped when the surgery failed)."""
+        return []
+
+    def recorded_config(self, config: TransformConfig) -> TransformConfig:
+        """The config the record stores: one that rebuilds exactly what was built (e.g. the depths an automatic
+        search chose); by default ``config`` itself."""
+        return config
 
     def build(self, site: Site) -> nn.Module | Replacement:
         """The replacement for ``site``: an ``nn.Module`` whose forward takes :meth:`call_args`."""
         raise NotImplementedError(f"{type(self).__name__} must implement build()")
 
-    def config(self, module: nn.Module) -> dict[str, Any]:
+    def change_config(self, module: nn.Module) -> dict[str, Any]:
         """JSON-able constructor arguments of a replacement, for the record."""
         getter = getattr(module, "config", None)
         return dict(getter()) if callable(getter) else {}

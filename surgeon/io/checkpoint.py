@@ -29,7 +29,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.io.atomic import write_atomically
-from surgeon.surgery.record import RECORDS_ATTRIBUTE, SurgeryRecord, records
+from surgeon.surgery.record import SurgeryRecord, append_record, records, set_records, unwrap
 
 FORMAT_VERSION = "1"
 _HALF_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -101,6 +101,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None
     if dtype is not None and dtype not in _HALF_DTYPES:
         raise CheckpointError(f"dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     path = os.fspath(path)
+    model = unwrap(model)      # a torch.compile wrapper would prefix every key with _orig_mod.
     tensors, aliases = _plain_tensors(model, dtype)
     recipe = [r.to_dict() for r in records(model)]
     try:
@@ -177,6 +178,9 @@ def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") 
     else:
         recipe_steps = list(enumerate(recipe, start=1))
     for step, record in recipe_steps:
+        if not record.selected and not record.changes:
+            append_record(model, record)     # a step that changed nothing replays as nothing
+            continue
         where = f"checkpoint {path!r} does not fit this model: recipe step {step} ({record.transform})"
         try:
             with warnings.catch_warnings():
@@ -254,5 +258,5 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
                 raise CheckpointError(f"checkpoint {path!r} does not fit this model: shape mismatch for {name!r} "
                                       f"(file {tuple(source.shape)}, model {shape})")
             target.copy_(source.to(device=target.device, dtype=target.dtype))
-    object.__setattr__(model, RECORDS_ATTRIBUTE, list(recipe))
+    set_records(model, list(recipe))
     return model

@@ -51,12 +51,13 @@ from surgeon.configs.base import TransformConfig
 from surgeon.errors import SelectionError, SelectionWarning, SurgeryError, TraceFallbackWarning
 from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import (
-    RECORDS_ATTRIBUTE,
     Change,
     Skip,
     SurgeryRecord,
     append_record,
     records,
+    set_records,
+    unwrap,
 )
 from surgeon.surgery.rules import Replacement, Rule, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, NameMatcher, Pattern, describe_candidates
@@ -388,7 +389,7 @@ def _graph_module(work: nn.Module, graph: fx.Graph, class_name: str) -> fx.Graph
     for name, module in gm.named_modules(remove_duplicate=False):
         if name in own:
             module.training = own[name].training
-    object.__setattr__(gm, RECORDS_ATTRIBUTE, records(work))
+    set_records(gm, records(work))
     return gm
 
 
@@ -471,7 +472,9 @@ def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, config: TransformC
     exclude_m = NameMatcher.parse(exclude, "exclude")
     if filter_fn is not None and not callable(filter_fn):
         raise SelectionError(f"filter_fn must be callable (module, name) -> bool, got {type(filter_fn).__name__}")
+    model = unwrap(model)
     work = model if inplace else copy.deepcopy(model)
+    set_records(work, records(model))     # a copy of a GraphModule may have dropped them
     leaf_types = tuple(t for r in rules for t in (*r.module_types, *r.unsupported))
     graph, why = trace(work, leaf_types)
     discovery = _Discovery(work, rules, graph)

@@ -30,7 +30,23 @@ class SurgeryTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        return is_surgeon_unit(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+_UNIT_PACKAGES = ("surgeon.layers.", "surgeon.noise.")
+
+
+def is_surgeon_unit(module: nn.Module) -> bool:
+    """A replacement an earlier surgery installed (ACDCLinear, NoisyLSTM, ...) with only such units inside.
+
+    Their forwards check shapes and branch on them, which fx cannot trace; kept as leaves, a later transform in a
+    chain (convert after noisify, ...) still sees the rest of the model's graph. A StochasticSkip wraps a user
+    block and stays traceable, so the calls inside that block remain visible.
+    """
+    if not type(module).__module__.startswith(_UNIT_PACKAGES):
+        return False
+    return all(type(m).__module__.startswith(_UNIT_PACKAGES) or isinstance(m, (nn.ModuleList, nn.ModuleDict))
+               for m in module.modules())
 
 
 def trace(model: nn.Module, leaf_types: tuple[type[nn.Module], ...]) -> tuple[fx.Graph | None, str]:

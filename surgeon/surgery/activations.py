@@ -22,7 +22,7 @@ from surgeon.noise.base import NoiseModule
 from surgeon.noise.mollified import MollifiedActivation
 from surgeon.noise.noisy import NoisyHardSigmoid, NoisyHardTanh
 from surgeon.noise.recurrent import NoisyGRU, NoisyGRUCell, NoisyLSTM, NoisyLSTMCell
-from surgeon.surgery.rules import Rule, Site
+from surgeon.surgery.rules import Rule, Site, SurgeryContext
 
 # -- what each activation kind looks like in a model --------------------------------------------------------------
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
@@ -256,8 +256,44 @@ def reference_device(root: nn.Module) -> torch.device | None:
 
 
 class ActivationRule(Rule):
-    """What noisify and mollify share: activation call sites take only their tensor, and recurrent modules or
-    activations with a custom ``forward`` are refused with a reason."""
+    """What noisify and mollify share: the sites of activations ``kinds`` (modules, calls, methods) and, with
+    ``recurrent``, LSTM/GRU modules and cells; noise modules stay untouched leaves. Activation call sites take only
+    their tensor; recurrent modules or activations with a custom ``forward`` are refused with a reason.
+    :meth:`prepare` sizes every activation site's per-unit parameters (:meth:`units_of`) and notes the device
+    parameter-free replacements are built on (:meth:`placed`)."""
+
+    def __init__(self, kinds: Sequence[str], recurrent: bool) -> None:
+        self.kinds = tuple(kinds)
+        self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.kinds) + (tuple(RECURRENT) if recurrent else ())
+        self.functions = tuple(f for k in self.kinds for f in ACTIVATION_FUNCTIONS[k])
+        self.methods = tuple(ACTIVATION_METHODS[k] for k in self.kinds)
+        self.unsupported = NOISE_LEAVES
+        self.units: dict[str, Units] = {}
+        self.device: torch.device | None = None
+
+    @staticmethod
+    def is_recurrent(site: Site) -> bool:
+        return site.source == "module" and isinstance(site.module, tuple(RECURRENT))
+
+    def prepare(self, context: SurgeryContext) -> None:
+        self.device = reference_device(context.root)
+        for site in context.sites:
+            if not self.is_recurrent(site):
+                self.units[site.name] = site_units(site, context.root, context.graph)
+
+    def units_of(self, site: Site) -> Units:
+        """(num_features, unit_dim, shared) of an activation site's replacement."""
+        return self.units.get(site.name, SHARED)
+
+    def recurrent_replacement(self, site: Site, gates: str | None, gate_kwargs: dict[str, Any]) -> nn.Module:
+        """The noisy counterpart of a recurrent module site, with its weights and gates ``gates``."""
+        assert site.module is not None
+        cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
+        return cls.from_torch(site.module, gates=gates, gate_kwargs=gate_kwargs)
+
+    def placed(self, module: nn.Module) -> nn.Module:
+        """``module`` on the model's device (a parameter-free activation has no old parameters to follow)."""
+        return module if self.device is None else module.to(device=self.device)
 
     def call_args(self, site: Site, node: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # Only the tensor: ``out=`` / ``inplace=`` arguments have no meaning for the replacement module.

@@ -81,6 +81,12 @@ def warn_user(message: str, category: type[Warning]) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def _note(notes: list[str], message: str, category: type[Warning]) -> None:
+    """Warn the user and keep the message for the record."""
+    warn_user(message, category)
+    notes.append(message)
+
+
 def _parent(name: str) -> tuple[str, str]:
     owner, _, attr = name.rpartition(".")
     return owner, attr
@@ -511,18 +517,14 @@ def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, config: TransformC
     selected, skips, messages = _select(discovery, include_m, exclude_m, filter_fn, transform_name)
     notes: list[str] = []
     if graph is None:
-        notes.append(_fallback_message(work, why, rules, transform_name))
-        warn_user(notes[-1], TraceFallbackWarning)
+        _note(notes, _fallback_message(work, why, rules, transform_name), TraceFallbackWarning)
     for message in messages:
-        warn_user(f"{transform_name}: {message}", SelectionWarning)
-    notes.extend(messages)
+        _note(notes, f"{transform_name}: {message}", SelectionWarning)
     if not selected:
-        notes.append(f"{transform_name}: nothing was replaced ({len(skips)} candidates skipped)")
-        warn_user(notes[-1], SelectionWarning)
+        _note(notes, f"{transform_name}: nothing was replaced ({len(skips)} candidates skipped)", SelectionWarning)
     changes, finished = _run_rules(work, graph, rules, selected, quiet)
     for warning in finished:
-        warn_user(str(warning), type(warning))
-        notes.append(str(warning))
+        _note(notes, str(warning), type(warning))
     result_model: nn.Module = work
     if any(site.source != "module" for site in selected):
         assert graph is not None

@@ -39,26 +39,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from surgeon.configs.noise import DEFAULT_MOLLIFY_C, MollifyConfig
 from surgeon.noise.mollified import MollifiedActivation
 from surgeon.noise.skip import StochasticSkip
-from surgeon.surgery.activations import (
-    ACTIVATION_FUNCTIONS,
-    ACTIVATION_METHODS,
-    ACTIVATION_MODULES,
-    NOISE_LEAVES,
-    RECURRENT,
-    SHARED,
-    ActivationRule,
-    Units,
-    activation_kind,
-    execution_order,
-    reference_device,
-    site_units,
-)
+from surgeon.surgery.activations import ActivationRule, activation_kind, execution_order
 from surgeon.surgery.engine import apply_surgery
 from surgeon.surgery.rules import Group, Replacement, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
@@ -107,36 +93,23 @@ class MollifyRule(ActivationRule):
     name = "mollify"
 
     def __init__(self, config: MollifyConfig) -> None:
+        super().__init__(config.kinds, recurrent=config.recurrent)
         self.config = config
-        self.kinds = config.kinds
-        self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.kinds) + (
-            tuple(RECURRENT) if config.recurrent else ())
-        self.functions = tuple(f for k in self.kinds for f in ACTIVATION_FUNCTIONS[k])
-        self.methods = tuple(ACTIVATION_METHODS[k] for k in self.kinds)
-        self.unsupported = NOISE_LEAVES
-        self.units: dict[str, Units] = {}
         self.layers: dict[str, int] = {}
         self.blocks: list[Group] = []
-        self.device: torch.device | None = None
-
-    @staticmethod
-    def _is_recurrent(site: Site) -> bool:
-        return site.source == "module" and isinstance(site.module, tuple(RECURRENT))
 
     def prepare(self, context: SurgeryContext) -> None:
-        self.device = reference_device(context.root)
+        super().prepare(context)
         layer = 1
         for site in execution_order(context.sites, context.graph):
             self.layers[site.name] = layer
-            layer += int(getattr(site.module, "num_layers", 1)) if self._is_recurrent(site) else 1
-            if not self._is_recurrent(site):
-                self.units[site.name] = site_units(site, context.root, context.graph)
+            layer += int(getattr(site.module, "num_layers", 1)) if self.is_recurrent(site) else 1
         if self.config.skip:
             self.blocks = self._find_blocks(context)
 
     def _find_blocks(self, context: SurgeryContext) -> list[Group]:
         root, graph = context.root, context.graph
-        activations = {s.name for s in context.sites if s.source == "module" and not self._is_recurrent(s)}
+        activations = {s.name for s in context.sites if s.source == "module" and not self.is_recurrent(s)}
         count: dict[int, int] = {}
         for _, module in root.named_modules(remove_duplicate=False):
             count[id(module)] = count.get(id(module), 0) + 1
@@ -182,22 +155,19 @@ class MollifyRule(ActivationRule):
 
     def build(self, site: Site) -> nn.Module:
         layer = self.layers[site.name]
-        if self._is_recurrent(site):
-            assert site.module is not None
-            cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
+        if self.is_recurrent(site):
             gate_kwargs = {"p": self.config.p, "c": self.config.c, "eval_noise": self.config.eval_noise,
                            "shared": self.config.shared}
-            new = cls.from_torch(site.module, gates="mollified", gate_kwargs=gate_kwargs)
+            new = self.recurrent_replacement(site, "mollified", gate_kwargs)
             groups = new.gate_activations
             # One annealer layer per RNN layer, numbered upwards from the site's first number.
             for offset, group in enumerate(groups if isinstance(groups, nn.ModuleList) else [groups]):
                 group.layer = layer + offset
             return new
-        num_features, unit_dim, shared = self.units.get(site.name, SHARED)
-        new = MollifiedActivation(kind=activation_kind(site, self.kinds), p=self.config.p, c=self.config.c,
-                                  num_features=num_features, unit_dim=unit_dim, shared=shared or self.config.shared,
-                                  layer=layer, eval_noise=self.config.eval_noise)
-        return new if self.device is None else new.to(device=self.device)
+        num_features, unit_dim, shared = self.units_of(site)
+        return self.placed(MollifiedActivation(
+            kind=activation_kind(site, self.kinds), p=self.config.p, c=self.config.c, num_features=num_features,
+            unit_dim=unit_dim, shared=shared or self.config.shared, layer=layer, eval_noise=self.config.eval_noise))
 
     def groups(self) -> list[Group]:
         return self.blocks

@@ -21,27 +21,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from surgeon.configs.noise import NOISIFY_TARGETS, NoisifyConfig
 from surgeon.errors import ConfigError
 from surgeon.noise.noisy import NoisyHardSigmoid, NoisyHardTanh
-from surgeon.surgery.activations import (
-    ACTIVATION_FUNCTIONS,
-    ACTIVATION_METHODS,
-    ACTIVATION_MODULES,
-    NOISE_LEAVES,
-    RECURRENT,
-    SHARED,
-    ActivationRule,
-    Units,
-    activation_kind,
-    reference_device,
-    site_units,
-)
+from surgeon.surgery.activations import ActivationRule, activation_kind
 from surgeon.surgery.engine import apply_surgery
-from surgeon.surgery.rules import Site, SurgeryContext
+from surgeon.surgery.rules import Site
 from surgeon.surgery.select import FilterFn, Pattern
 from surgeon.surgery.transform import Call, make_config, register_transform, run_transform
 
@@ -53,32 +40,16 @@ class NoisifyRule(ActivationRule):
     name = "noisify"
 
     def __init__(self, config: NoisifyConfig) -> None:
+        super().__init__(config.targets, recurrent=config.gates is not None)
         self.config = config
-        self.targets = config.targets
-        self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.targets) + (
-            tuple(RECURRENT) if config.gates is not None else ())
-        self.functions = tuple(f for k in self.targets for f in ACTIVATION_FUNCTIONS[k])
-        self.methods = tuple(ACTIVATION_METHODS[k] for k in self.targets)
-        self.unsupported = NOISE_LEAVES
-        self.units: dict[str, Units] = {}
-        self.device: torch.device | None = None
-
-    def prepare(self, context: SurgeryContext) -> None:
-        self.device = reference_device(context.root)
-        for site in context.sites:
-            if not (site.source == "module" and isinstance(site.module, tuple(RECURRENT))):
-                self.units[site.name] = site_units(site, context.root, context.graph)
 
     def build(self, site: Site) -> nn.Module:
-        if site.source == "module" and isinstance(site.module, tuple(RECURRENT)):
-            cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
-            return cls.from_torch(site.module, gates=self.config.gates, gate_kwargs=self.config.gate_options())
-        kind = activation_kind(site, self.targets)
-        num_features, unit_dim, shared = self.units.get(site.name, SHARED)
-        cls = NoisyHardSigmoid if kind == "sigmoid" else NoisyHardTanh
-        new = cls(mode=self.config.mode, c=self.config.c, alpha=self.config.alpha, num_features=num_features,
-                  unit_dim=unit_dim, shared=shared or self.config.shared)
-        return new if self.device is None else new.to(device=self.device)
+        if self.is_recurrent(site):
+            return self.recurrent_replacement(site, self.config.gates, self.config.gate_options())
+        num_features, unit_dim, shared = self.units_of(site)
+        cls = NoisyHardSigmoid if activation_kind(site, self.kinds) == "sigmoid" else NoisyHardTanh
+        return self.placed(cls(mode=self.config.mode, c=self.config.c, alpha=self.config.alpha,
+                               num_features=num_features, unit_dim=unit_dim, shared=shared or self.config.shared))
 
 
 @register_transform(NoisifyConfig)

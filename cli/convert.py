@@ -9,27 +9,10 @@ import torch
 import typer
 from torch import nn
 
-from surgeon.cli.failures import InputError, run_guarded
-from surgeon.cli.models import LoadedModel
-from surgeon.cli.options import (
-    ArchOption,
-    ExcludeOption,
-    ForceOption,
-    IncludeOption,
-    InputShapeOption,
-    JsonOption,
-    OutputOption,
-    QuietOption,
-    SeedOption,
-    TrustOption,
-    build_config,
-    parse_int_or_word,
-    regex_union,
-    usage_errors,
-)
-from surgeon.cli.output import Output
-from surgeon.cli.pipeline import transform_and_save
-from surgeon.configs.linear import DEFAULT_DEPTH
+from surgeon.cli.failures import InputError
+from surgeon.cli.options import SeedOption, build_config, parse_int_or_word, usage_errors
+from surgeon.cli.transform_command import TransformJob, transform_command
+from surgeon.configs import DEFAULT_DEPTH, config_names
 from surgeon.layers.acdc import MAX_DEPTH
 
 # Config fields the options set, for errors in the options' own terms.
@@ -58,46 +41,32 @@ def load_calibration(path: str, batch_size: int = 64) -> list[torch.Tensor]:
     return list(data.split(batch_size))
 
 
+@transform_command
 def convert_command(
     model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
-    linear: Annotated[str, typer.Option("--linear", help="Structured layer: acdc or fastfood.")] = "acdc",
+    linear: Annotated[str, typer.Option(
+        "--linear", help=f"Structured layer: {', '.join(config_names('convert'))}.")] = "acdc",
     depth: Annotated[str | None, typer.Option(
         "--depth", help=f"ACDC factors per layer (1-{MAX_DEPTH}, default {DEFAULT_DEPTH}), or 'auto'.")] = None,
-    output: OutputOption = None,
-    include: IncludeOption = None,
-    exclude: ExcludeOption = None,
     init: Annotated[str, typer.Option("--init", help="random (train from scratch) or fit (keep a trained "
                                                      "layer's map).")] = "random",
     calib: Annotated[str | None, typer.Option("--calib", help="Tensor file of model inputs for --init fit.")] = None,
     max_error: Annotated[float | None, typer.Option("--max-error", help="Relative error tolerance for --depth "
                                                                         "auto.")] = None,
     seed: SeedOption = None,
-    arch: ArchOption = None,
-    trust: TrustOption = False,
-    input_shape: InputShapeOption = None,
-    force: ForceOption = False,
-    quiet: QuietOption = False,
-    as_json: JsonOption = False,
-) -> None:
+) -> TransformJob:
     """Replace the model's nn.Linear layers with ACDC cascades or Adaptive Fastfood transforms.
 
     Example: surgeon convert model.pt --linear acdc --depth 12
     """
-    out = Output(quiet, as_json)
+    from surgeon.surgery.convert import convert
 
-    def action() -> None:
-        from surgeon.surgery.convert import convert
+    config = build_config("convert", linear.strip().lower(), FLAGS, depth=parse_int_or_word(depth),
+                          init=init.strip().lower(), max_error=max_error, seed=seed)
+    calibration = load_calibration(calib) if calib else None
 
-        config = build_config("convert", linear.strip().lower(), FLAGS, depth=parse_int_or_word(depth),
-                              init=init.strip().lower(), max_error=max_error, seed=seed)
-        calibration = load_calibration(calib) if calib else None
+    def apply(model: nn.Module, **selection: object) -> nn.Module:
+        with usage_errors(FLAGS):
+            return convert(model, config, calibration=calibration, **selection)
 
-        def transform(loaded: LoadedModel) -> nn.Module:
-            with usage_errors(FLAGS):
-                return convert(loaded.model, config, include=regex_union(include), exclude=regex_union(exclude),
-                               calibration=calibration)
-
-        transform_and_save(out, model=model, output=output, tag=linear, arch=arch, trust=trust, force=force,
-                           input_shape=input_shape, targets="nn.Linear layer or F.linear call", transform=transform)
-
-    run_guarded(out, action)
+    return TransformJob(linear, "nn.Linear layer or F.linear call", apply)

@@ -14,7 +14,8 @@ from surgeon.cli.output import Output
 def train_command(
     recipe: Annotated[str, typer.Argument(help="Recipe name (e.g. acdc_regression) or path to a recipe YAML.")],
     quick: Annotated[bool, typer.Option("--quick", help="The ≤30 s version of the recipe.")] = False,
-    out_dir: Annotated[str | None, typer.Option("--out", help="Output folder (default runs/<recipe>).")] = None,
+    out_dir: Annotated[str | None, typer.Option("--output", "-o", "--out",
+                                                help="Output folder (default runs/<recipe>).")] = None,
     seed: SeedOption = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
     = None,

@@ -154,9 +154,14 @@ def config_type(type_name: str) -> type[TransformConfig]:
     return CONFIG_TYPES[type_name]
 
 
+def config_names(transform: str) -> dict[str, type[TransformConfig]]:
+    """The keyword-form names of the configs front door ``transform`` takes: ``{"acdc": ACDCConfig, ...}``."""
+    return {cls.name: cls for cls in CONFIG_TYPES.values() if cls.transform == transform and cls.name}
+
+
 def named_config(transform: str, name: str, label: str) -> type[TransformConfig]:
     """The config class of front door ``transform`` called ``name`` in the keyword form (``"acdc"``)."""
-    names = {cls.name: cls for cls in CONFIG_TYPES.values() if cls.transform == transform and cls.name}
+    names = config_names(transform)
     if name not in names:
         rule = f"must be one of {_show(names)}; got {name!r}"
         raise ConfigError(f"{transform}: {label} {rule}", field=label, rule=rule)

@@ -7,6 +7,7 @@ import json
 from typing import Any, ClassVar
 
 from surgeon.configs.base import TransformConfig
+from surgeon.noise.mollified import DEFAULT_C as DEFAULT_MOLLIFY_C
 from surgeon.noise.mollified import EVAL_NOISE, MOLLIFIED_KINDS
 from surgeon.noise.noisy import NOISY_MODES
 from surgeon.noise.recurrent import GATE_KINDS
@@ -14,9 +15,6 @@ from surgeon.noise.skip import EVAL_MODES
 
 #: The activation kinds noisify replaces.
 NOISIFY_TARGETS: tuple[str, ...] = ("sigmoid", "tanh")
-#: The thesis gives no value for c; 100 makes ψ essentially linear at p = 1 for pre-activations of order 1–10
-#: (the default of :class:`~surgeon.noise.MollifiedActivation`).
-DEFAULT_MOLLIFY_C = 100.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -36,10 +36,12 @@ from torch import nn
 from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
 from surgeon.noise.hard import sgn
 
-__all__ = ["EVAL_NOISE", "MOLLIFIED_KINDS", "MollifiedActivation"]
+__all__ = ["DEFAULT_C", "EVAL_NOISE", "MOLLIFIED_KINDS", "MollifiedActivation"]
 
 MOLLIFIED_KINDS: tuple[str, ...] = ("sigmoid", "tanh", "relu")
 EVAL_NOISE = ("mean", "none")
+#: The thesis gives no value for c; 100 makes ψ essentially linear at p = 1 for pre-activations of order 1–10.
+DEFAULT_C = 100.0
 
 
 class MollifiedActivation(PerUnitNoiseModule):
@@ -67,7 +69,7 @@ class MollifiedActivation(PerUnitNoiseModule):
         self,
         kind: str = "sigmoid",
         p: float = 1.0,
-        c: float = 100.0,
+        c: float = DEFAULT_C,
         num_features: int | None = None,
         unit_dim: int = -1,
         shared: bool = False,

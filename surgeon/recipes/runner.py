@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.resources
 import json
 import math
 import os
@@ -38,8 +39,18 @@ from surgeon.recipes.engine import (
     seed_everything,
 )
 
-#: Where the bundled recipe files live: ``<repo>/recipes`` (next to the package in a source checkout).
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+def _bundled_recipes() -> Path:
+    """The package data ``surgeon.recipe_files`` (the top-level ``recipes/`` folder, mapped in pyproject); a source
+    tree whose editable install predates that mapping reads the folder beside the package instead."""
+    try:
+        return Path(str(importlib.resources.files("surgeon.recipe_files")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "recipes"
+
+
+#: Where the bundled recipe files live (in a wheel as in a checkout).
+RECIPES_DIR = _bundled_recipes()
 
 
 def list_recipes(directory: str | os.PathLike[str] | None = None) -> list[str]:

@@ -39,13 +39,14 @@ _MHA_REASON = ("its packed in-projection (in_proj_weight) and out_proj are appli
 class LinearStructure:
     """How ``convert`` builds one kind of structured layer from its config.
 
-    ``layer(in_features, out_features, bias=, seed=, device=, dtype=, **options(config))`` builds it (plus
+    ``layer(in_features, out_features, bias=, seed=, device=, dtype=, **options(config, in_features,
+    out_features))`` builds it (plus
     ``depth=`` when ``has_depth``: the config then has a ``depth`` field, an integer, a mapping or ``"auto"``);
     ``param_count(config, in_features, out_features, bias, depth)`` counts its parameters without building it.
     """
 
     layer: type[nn.Module]
-    options: Callable[[Any], dict[str, Any]]
+    options: Callable[[Any, int, int], dict[str, Any]]
     param_count: Callable[[Any, int, int, bool, int], int]
     has_depth: bool = False
 
@@ -204,8 +205,8 @@ class LinearRule(Rule):
 
     def _make(self, site: Site, depth: int) -> nn.Module:
         in_features, out_features, bias, weight = _linear_shape(site)
-        kwargs = dict(self.structure.options(self.config), bias=bias, seed=self._layer_seed(site),
-                      device=weight.device, dtype=weight.dtype)
+        kwargs = dict(self.structure.options(self.config, in_features, out_features), bias=bias,
+                      seed=self._layer_seed(site), device=weight.device, dtype=weight.dtype)
         if self.structure.has_depth:
             kwargs["depth"] = depth
         return self.layer(in_features, out_features, **kwargs)
@@ -323,9 +324,9 @@ def _convert_with(model: nn.Module, config: LinearConfig, call: Call) -> nn.Modu
 
 
 register_linear(ACDCConfig, LinearStructure(
-    ACDCLinear, lambda c: {"activation": c.activation, "permute": c.permute, "init_std": c.init_std},
+    ACDCLinear, lambda c, _in, _out: {"activation": c.activation, "permute": c.permute, "init_std": c.init_std},
     _acdc_params, has_depth=True))
-register_linear(FastfoodConfig, LinearStructure(FastfoodLinear, lambda c: {"adaptive": c.adaptive},
+register_linear(FastfoodConfig, LinearStructure(FastfoodLinear, lambda c, _in, _out: {"adaptive": c.adaptive},
                                                 _fastfood_params))
 
 

@@ -12,12 +12,15 @@ engine does everything else:
    reads directly instead of calling them, anything the rule refuses;
 3. applies ``include`` / ``exclude`` / ``filter_fn`` (see :mod:`surgeon.surgery.select`) and the rule's default
    policy (``Rule.decline``, overridden when ``include`` lists a site by name);
-4. builds one replacement per site, keeping device, dtype, ``requires_grad`` and train/eval mode; a module
-   registered or called twice gets one shared replacement;
+4. drives each rule's whole life: ``prepare`` with its selected sites, ``build`` one replacement per site
+   (keeping device, dtype, ``requires_grad`` and train/eval mode; a module registered or called twice gets one
+   shared replacement), wraps the runs of sibling modules the rule declares (:class:`~surgeon.surgery.rules.Group`),
+   and ``finish`` — even when a build failed; a progress bar covers the rules' slow work (``Rule.cost``);
 5. returns the model with its own class when only modules were swapped, and an ``fx.GraphModule`` (named after
    the model's class, carrying every untouched parameter and buffer under its old name) only when calls inside
    ``forward`` had to be rewritten;
-6. attaches one :class:`~surgeon.surgery.record.SurgeryRecord` (``selected`` replays the surgery exactly).
+6. attaches one :class:`~surgeon.surgery.record.SurgeryRecord` (the config plus ``selected`` replay the surgery
+   exactly), after checking that it is JSON-able.
 
 Example — a rule that swaps ``nn.ReLU`` modules and ``torch.relu`` calls for a module ``MyAct``::
 
@@ -59,7 +62,7 @@ from surgeon.surgery.record import (
     set_records,
     unwrap,
 )
-from surgeon.surgery.rules import Replacement, Rule, Site, SurgeryContext
+from surgeon.surgery.rules import Group, Replacement, Rule, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, NameMatcher, Pattern, describe_candidates
 from surgeon.surgery.tracing import (
     mark_outputs_fallback,
@@ -78,6 +81,12 @@ def warn_user(message: str, category: type[Warning]) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def _note(notes: list[str], message: str, category: type[Warning]) -> None:
+    """Warn the user and keep the message for the record."""
+    warn_user(message, category)
+    notes.append(message)
 
 
 def _parent(name: str) -> tuple[str, str]:
@@ -121,7 +130,9 @@ class _Discovery:
         for name, module in self.root.named_modules():
             for rule in self.rules:
                 unsupported = [reason for kind, reason in rule.unsupported.items() if isinstance(module, kind)]
-                if unsupported and name not in self.blocked:
+                # One skip per unsupported subtree (a NoisyLSTM, not each noisy gate inside it).
+                inside = any(name.startswith(block + ".") for block in self.blocked if block)
+                if unsupported and name not in self.blocked and not inside:
                     self.blocked[name] = f"{type(module).__name__}: {unsupported[0]}"
                     self.skips.append(Skip(name or "(model)", self.blocked[name]))
                 if not rule.matches_module(module, name):
@@ -430,6 +441,38 @@ def _swap(work: nn.Module, graph: fx.Graph | None, site: Site) -> Change:
                   fit_error=result.fit_error, note=note)
 
 
+def _wrap(work: nn.Module, group: Group, changes: list[Change]) -> None:
+    """Wrap ``group``'s run into one module in place, record it before its first member, rename its members."""
+    owner = work.get_submodule(group.owner)
+    run = nn.Sequential(*[getattr(owner, key) for key in group.keys])
+    built = group.rule.build_group(group, run)
+    result = built if isinstance(built, Replacement) else Replacement(built)
+    wrapper = result.module
+    reference = next(iter(list(run.parameters()) + list(run.buffers())), None)
+    if reference is not None:
+        wrapper.to(device=reference.device)
+    wrapper.train(run[-1].training)
+    setattr(owner, group.keys[0], wrapper)
+    for key in group.keys[1:]:
+        identity = nn.Identity()
+        identity.train(run[-1].training)
+        setattr(owner, key, identity)
+    by_name = {c.name: c for c in changes}
+    olds = [by_name[m].old if m in by_name else type(module).__name__ for m, module in zip(group.members, run)]
+    inner = {id(p) for p in run.parameters()}
+    change = Change(name=group.name, source="modules", old="block " + " → ".join(olds), new=type(wrapper).__name__,
+                    config=result.config if result.config is not None else group.rule.change_config(wrapper),
+                    params_after=sum(p.numel() for p in wrapper.parameters() if id(p) not in inner),
+                    note=result.note)
+    first = min((i for i, c in enumerate(changes) if c.name in group.members), default=len(changes))
+    changes.insert(first, change)
+    for index, member in enumerate(group.members):
+        if member in by_name:
+            moved = by_name[member]
+            moved.name = _join(_join(group.name, group.inner_path), str(index))
+            moved.note = "; ".join(filter(None, [moved.note, f"was {member}, now inside {group.name}"]))
+
+
 def _run_rules(work: nn.Module, graph: fx.Graph | None, rules: Sequence[Rule], selected: list[Site],
                quiet: bool) -> tuple[list[Change], list[Warning]]:
     """Each rule's whole life: ``prepare`` with its sites, ``build`` each, ``finish`` (even on error)."""
@@ -446,6 +489,9 @@ def _run_rules(work: nn.Module, graph: fx.Graph | None, rules: Sequence[Rule], s
                     prepared.append(rule)
                     rule.prepare(SurgeryContext(work, graph, mine, progress))
             changes = [_swap(work, graph, site) for site in selected]
+            for rule in prepared:
+                for group in rule.groups():
+                    _wrap(work, group, changes)
         finally:
             for rule in prepared:
                 finished.extend(rule.finish())
@@ -486,18 +532,14 @@ def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, config: TransformC
     selected, skips, messages = _select(discovery, include_m, exclude_m, filter_fn, transform_name)
     notes: list[str] = []
     if graph is None:
-        notes.append(_fallback_message(work, why, rules, transform_name))
-        warn_user(notes[-1], TraceFallbackWarning)
+        _note(notes, _fallback_message(work, why, rules, transform_name), TraceFallbackWarning)
     for message in messages:
-        warn_user(f"{transform_name}: {message}", SelectionWarning)
-    notes.extend(messages)
+        _note(notes, f"{transform_name}: {message}", SelectionWarning)
     if not selected:
-        notes.append(f"{transform_name}: nothing was replaced ({len(skips)} candidates skipped)")
-        warn_user(notes[-1], SelectionWarning)
+        _note(notes, f"{transform_name}: nothing was replaced ({len(skips)} candidates skipped)", SelectionWarning)
     changes, finished = _run_rules(work, graph, rules, selected, quiet)
     for warning in finished:
-        warn_user(str(warning), type(warning))
-        notes.append(str(warning))
+        _note(notes, str(warning), type(warning))
     result_model: nn.Module = work
     if any(site.source != "module" for site in selected):
         assert graph is not None

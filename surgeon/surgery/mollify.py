@@ -39,30 +39,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from surgeon.configs.noise import DEFAULT_MOLLIFY_C, MollifyConfig
 from surgeon.noise.mollified import MollifiedActivation
 from surgeon.noise.skip import StochasticSkip
+from surgeon.surgery.activations import ActivationRule, activation_kind, execution_order
 from surgeon.surgery.engine import apply_surgery
-from surgeon.surgery.noisify import (
-    ACTIVATION_FUNCTIONS,
-    ACTIVATION_METHODS,
-    ACTIVATION_MODULES,
-    NOISE_LEAVES,
-    RECURRENT,
-    SHARED,
-    ActivationRule,
-    Units,
-    activation_kind,
-    execution_order,
-    prune_noise_skips,
-    reference_device,
-    site_units,
-)
-from surgeon.surgery.record import Change
-from surgeon.surgery.rules import Site, SurgeryContext
+from surgeon.surgery.rules import Group, Replacement, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
 from surgeon.surgery.transform import Call, make_config, register_transform, run_transform
 
@@ -103,60 +87,36 @@ def _join(owner: str, attr: str) -> str:
     return f"{owner}.{attr}" if owner else attr
 
 
-class _Block:
-    """A run ``keys`` of children of the Sequential ``owner`` that becomes one StochasticSkip."""
-
-    def __init__(self, owner: str, keys: list[str], unit_dim: int, activation: str) -> None:
-        self.owner, self.keys, self.unit_dim, self.activation = owner, keys, unit_dim, activation
-
-    @property
-    def name(self) -> str:
-        return _join(self.owner, self.keys[0])
-
-
 class MollifyRule(ActivationRule):
     """Activation sites -> MollifiedActivation; LSTM/GRU(Cell) -> mollified gates; and finds the skip blocks."""
 
     name = "mollify"
 
     def __init__(self, config: MollifyConfig) -> None:
+        super().__init__(config.kinds, recurrent=config.recurrent)
         self.config = config
-        self.kinds = config.kinds
-        self.module_types = tuple(ACTIVATION_MODULES[k] for k in self.kinds) + (
-            tuple(RECURRENT) if config.recurrent else ())
-        self.functions = tuple(f for k in self.kinds for f in ACTIVATION_FUNCTIONS[k])
-        self.methods = tuple(ACTIVATION_METHODS[k] for k in self.kinds)
-        self.unsupported = NOISE_LEAVES
-        self.units: dict[str, Units] = {}
         self.layers: dict[str, int] = {}
-        self.blocks: list[_Block] = []
-        self.device: torch.device | None = None
-
-    @staticmethod
-    def _is_recurrent(site: Site) -> bool:
-        return site.source == "module" and isinstance(site.module, tuple(RECURRENT))
+        self.blocks: list[Group] = []
 
     def prepare(self, context: SurgeryContext) -> None:
-        self.device = reference_device(context.root)
+        super().prepare(context)
         layer = 1
         for site in execution_order(context.sites, context.graph):
             self.layers[site.name] = layer
-            layer += int(getattr(site.module, "num_layers", 1)) if self._is_recurrent(site) else 1
-            if not self._is_recurrent(site):
-                self.units[site.name] = site_units(site, context.root, context.graph)
+            layer += int(getattr(site.module, "num_layers", 1)) if self.is_recurrent(site) else 1
         if self.config.skip:
             self.blocks = self._find_blocks(context)
 
-    def _find_blocks(self, context: SurgeryContext) -> list[_Block]:
+    def _find_blocks(self, context: SurgeryContext) -> list[Group]:
         root, graph = context.root, context.graph
-        activations = {s.name for s in context.sites if s.source == "module" and not self._is_recurrent(s)}
+        activations = {s.name for s in context.sites if s.source == "module" and not self.is_recurrent(s)}
         count: dict[int, int] = {}
         for _, module in root.named_modules(remove_duplicate=False):
             count[id(module)] = count.get(id(module), 0) + 1
         # Without rewritten calls the model keeps its own forward, so a Sequential must be run as a whole for a
         # restructured Sequential to mean the same thing; a GraphModule calls children by name instead.
         by_name = isinstance(root, fx.GraphModule) or any(s.source != "module" for s in context.sites)
-        blocks: list[_Block] = []
+        blocks: list[Group] = []
         for owner, seq in root.named_modules():
             if not isinstance(seq, nn.Sequential):
                 continue
@@ -174,7 +134,7 @@ class MollifyRule(ActivationRule):
                 names = [_join(owner, k) for k in keys]
                 shared = any(count[id(m)] > 1 for _, m in children[i:j + 1])
                 if not shared and (graph is None or self._chained(graph, owner, names, by_name)):
-                    blocks.append(_Block(owner, keys, unit_dim, names[-1]))
+                    blocks.append(Group(owner, keys, self, info={"unit_dim": unit_dim}))
                 i = j + 1
         return blocks
 
@@ -195,44 +155,30 @@ class MollifyRule(ActivationRule):
 
     def build(self, site: Site) -> nn.Module:
         layer = self.layers[site.name]
-        if self._is_recurrent(site):
-            assert site.module is not None
-            cls = next(new for old, new in RECURRENT.items() if isinstance(site.module, old))
+        if self.is_recurrent(site):
             gate_kwargs = {"p": self.config.p, "c": self.config.c, "eval_noise": self.config.eval_noise,
                            "shared": self.config.shared}
-            new = cls.from_torch(site.module, gates="mollified", gate_kwargs=gate_kwargs)
+            new = self.recurrent_replacement(site, "mollified", gate_kwargs)
             groups = new.gate_activations
             # One annealer layer per RNN layer, numbered upwards from the site's first number.
             for offset, group in enumerate(groups if isinstance(groups, nn.ModuleList) else [groups]):
                 group.layer = layer + offset
             return new
-        num_features, unit_dim, shared = self.units.get(site.name, SHARED)
-        new = MollifiedActivation(kind=activation_kind(site, self.kinds), p=self.config.p, c=self.config.c,
-                                  num_features=num_features, unit_dim=unit_dim, shared=shared or self.config.shared,
-                                  layer=layer, eval_noise=self.config.eval_noise)
-        return new if self.device is None else new.to(device=self.device)
+        num_features, unit_dim, shared = self.units_of(site)
+        return self.placed(MollifiedActivation(
+            kind=activation_kind(site, self.kinds), p=self.config.p, c=self.config.c, num_features=num_features,
+            unit_dim=unit_dim, shared=shared or self.config.shared, layer=layer, eval_noise=self.config.eval_noise))
 
+    def groups(self) -> list[Group]:
+        return self.blocks
 
-def _wrap_blocks(model: nn.Module, rule: MollifyRule) -> dict[str, tuple[str, StochasticSkip]]:
-    """Replace each block's run by StochasticSkip + Identity slots; activation name -> (new name, skip)."""
-    moved: dict[str, tuple[str, StochasticSkip]] = {}
-    for block in rule.blocks:
-        owner = model.get_submodule(block.owner)
-        inner = nn.Sequential(*[getattr(owner, key) for key in block.keys])
-        activation = inner[-1]
+    def build_group(self, group: Group, run: nn.Sequential) -> Replacement:
+        activation = run[-1]
         assert isinstance(activation, MollifiedActivation)
-        skip = StochasticSkip(inner, p=rule.config.p, unit_dim=block.unit_dim, eval_mode=rule.config.eval_mode,
+        skip = StochasticSkip(run, p=self.config.p, unit_dim=group.info["unit_dim"], eval_mode=self.config.eval_mode,
                               layer=activation.layer)
-        skip.train(activation.training)
-        if rule.device is not None:
-            skip.to(device=rule.device)
-        setattr(owner, block.keys[0], skip)
-        for key in block.keys[1:]:
-            identity = nn.Identity()
-            identity.train(activation.training)
-            setattr(owner, key, identity)
-        moved[block.activation] = (_join(block.name, f"block.{len(block.keys) - 1}"), skip)
-    return moved
+        note = f"stochastic skip of eqs. 4.27–4.30 around {', '.join(group.keys)} of {group.owner or '(model)'}"
+        return Replacement(skip, note=note)
 
 
 def mollify(model: nn.Module, config: MollifyConfig | None = None, *, include: Pattern = None,
@@ -263,27 +209,5 @@ def mollify(model: nn.Module, config: MollifyConfig | None = None, *, include: P
 
 @register_transform(MollifyConfig)
 def _mollify_with(model: nn.Module, config: MollifyConfig, call: Call) -> nn.Module:
-    rule = MollifyRule(config)
-    result = apply_surgery(model, [rule], config=config, **call.selection(), inplace=call.inplace,
-                           quiet=call.quiet)
-    record = result.surgeon_records[-1]
-    prune_noise_skips(record)
-    selected = set(record.selected)
-    rule.blocks = [b for b in rule.blocks if b.activation in selected]
-    moved = _wrap_blocks(result, rule)
-    changes: list[Change] = []
-    for change in record.changes:
-        if change.name in moved:
-            new_name, skip_module = moved[change.name]
-            block = next(b for b in rule.blocks if b.activation == change.name)
-            inner = " → ".join(type(m).__name__ for m in skip_module.block[:-1])
-            changes.append(Change(name=block.name, source="module", old=f"block {inner} → {change.old}",
-                                  new="StochasticSkip", config=skip_module.config(),
-                                  note=f"stochastic skip of eqs. 4.27–4.30 around {', '.join(block.keys)} "
-                                       f"of {block.owner or '(model)'}"))
-            change.note = "; ".join(filter(None, [change.note, f"was {change.name}, now inside {block.name}"]))
-            change.name = new_name
-        changes.append(change)
-    record.changes = changes
-    return result
-
+    return apply_surgery(model, [MollifyRule(config)], config=config, **call.selection(), inplace=call.inplace,
+                         quiet=call.quiet)

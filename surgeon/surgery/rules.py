@@ -75,6 +75,31 @@ class Replacement:
     config: dict[str, Any] | None = None     # overrides ``module.config()`` in the record
 
 
+@dataclass(eq=False)
+class Group:
+    """A run of consecutive children of one container that the engine wraps into a single module.
+
+    After every site is swapped, the engine takes the children ``keys`` of ``owner`` (their replacements, where
+    they were sites) as an ``nn.Sequential``, passes it to :meth:`Rule.build_group`, puts the wrapper in the
+    first slot and ``nn.Identity`` in the others (so later children keep their names), and records it; changes
+    of sites inside the run are renamed to their new place, ``<group name>.<inner_path>.<i>``.
+    """
+
+    owner: str                       # qualified name of the container ("" for the model itself)
+    keys: list[str]                  # consecutive child names, in order
+    rule: Rule
+    inner_path: str = "block"        # where the wrapper keeps the Sequential of the run
+    info: dict[str, Any] = field(default_factory=dict)   # rule-specific data
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner}.{self.keys[0]}" if self.owner else self.keys[0]
+
+    @property
+    def members(self) -> list[str]:
+        return [f"{self.owner}.{key}" if self.owner else key for key in self.keys]
+
+
 @dataclass
 class SurgeryContext:
     """What the engine knows while a surgery runs; handed to :meth:`Rule.prepare`."""
@@ -144,6 +169,15 @@ class Rule:
 
     def prepare(self, context: SurgeryContext) -> None:
         """Called once with every selected site before the first :meth:`build`."""
+
+    def groups(self) -> list[Group]:
+        """Runs of sibling modules to wrap once every site is swapped (found in :meth:`prepare`); none by
+        default."""
+        return []
+
+    def build_group(self, group: Group, run: nn.Sequential) -> nn.Module | Replacement:
+        """The wrapper of ``run`` (the group's modules, already swapped), keeping ``run`` at ``group.inner_path``."""
+        raise NotImplementedError(f"{type(self).__name__} declares groups and must implement build_group()")
 
     def finish(self) -> list[Warning]:
         """Called once after the last :meth:`build` of a prepared rule, even when the surgery failed; returns

@@ -7,6 +7,7 @@ Conv1D), a surgery that changed nothing could not be reloaded, and chained surge
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import json
 import warnings
@@ -110,6 +111,16 @@ def test_copies_and_compile_wrappers_keep_the_records(tmp_path) -> None:
     copied = copy.deepcopy(graph_module)
     assert [r.to_dict() for r in surgeon.records(copied)] == [r.to_dict() for r in surgeon.records(graph_module)]
     assert [r.transform for r in surgeon.records(copy.deepcopy(copied))] == ["noisify"]
+    # A pickled GraphModule is re-traced on load with the tracer class it remembers (surgeon's own).
+    buffer = io.BytesIO()
+    torch.save(graph_module, buffer)
+    buffer.seek(0)
+    unpickled = torch.load(buffer, weights_only=False)
+    assert [r.transform for r in surgeon.records(unpickled)] == ["noisify"]
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(unpickled.eval()(x), graph_module.eval()(x))
+    graph_module.train()
 
     compiled = torch.compile(surgeon.convert(graph_module, "fastfood", seed=1), backend="eager")
     assert [r.transform for r in surgeon.records(compiled)] == ["noisify", "convert"]

@@ -23,7 +23,8 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 class SurgeryTracer(fx.Tracer):
     """``fx.Tracer`` whose leaves also include the given module types."""
 
-    def __init__(self, leaf_types: tuple[type[nn.Module], ...]) -> None:
+    # A GraphModule remembers its tracer class and unpickling re-traces with ``tracer_cls()``: no required args.
+    def __init__(self, leaf_types: tuple[type[nn.Module], ...] = ()) -> None:
         super().__init__()
         self.leaf_types = leaf_types
 

@@ -16,13 +16,15 @@ from surgeon.cli.output import Output
 def transform_and_save(out: Output, *, model: str, output: str | None, tag: str, arch: str | None, trust: bool,
                        force: bool, input_shape: str | None,
                        transform: Callable[[LoadedModel], nn.Module], targets: str) -> None:
-    """Validate the output first (so failures leave nothing), load, transform, refuse a no-op, save, report.
+    """Validate every argument, load, transform, refuse a no-op, build the report, and only then write the output:
+    a command that fails at any step leaves no file behind.
 
     ``targets`` names what the transform looks for, for the error when it found nothing.
     """
     from surgeon.reporting import report
     from surgeon.surgery.record import records
 
+    shape = parse_shape(input_shape)
     target = output or default_output(model, tag)
     check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
     loaded = load_model(model, arch=arch, trust=trust)
@@ -35,8 +37,8 @@ def transform_and_save(out: Output, *, model: str, output: str | None, tag: str,
     if not record.changes:
         why = f"; skipped: {record.skipped[0].name} ({record.skipped[0].reason})" if record.skipped else ""
         raise InputError(f"nothing to {record.transform} in {model}: no {targets} was selected{why}")
-    size = save_model(transformed, target, arch=loaded.arch)
-    result = report(transformed, baseline=loaded.model, example_inputs=example_inputs(loaded, parse_shape(input_shape)))
+    result = report(transformed, baseline=loaded.model, example_inputs=example_inputs(loaded, shape))
+    size = save_model(transformed, target, arch=loaded.arch, force=force)
     out.show(result)
     out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
     payload = result.to_dict()

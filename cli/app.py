@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -93,8 +94,15 @@ app.command("train")(train_command)
 app.command("example")(example_command)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Library warnings as one ``warning:`` line, not Python's two (location and source line)."""
+    Output().warn(str(message))
+
+
 def main() -> None:
     install_signal_handlers()
+    warnings.showwarning = _warning_line
     app()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -32,14 +33,17 @@ def transform_and_save(out: Output, *, model: str, output: str | None, tag: str,
         raise UsageError("a .pt output holds a pickled module and needs a pickled (--trust) input; "
                          "use a .safetensors output")
     out.info(f"loaded {model} ({loaded.kind}); applying {tag}")
-    transformed = transform(loaded)
+    with warnings.catch_warnings(record=True) as caught:
+        transformed = transform(loaded)
     record = records(transformed)[-1]
-    if not record.changes:
+    if not record.changes:  # the one error line says it all; the "nothing was replaced" warning would repeat it
         why = f"; skipped: {record.skipped[0].name} ({record.skipped[0].reason})" if record.skipped else ""
         raise InputError(f"nothing to {record.transform} in {model}: no {targets} was selected{why}")
+    for warning in caught:
+        out.warn(str(warning.message))
     result = report(transformed, baseline=loaded.model, example_inputs=example_inputs(loaded, shape))
-    size = save_model(transformed, target, arch=loaded.arch, force=force)
     out.show(result)
+    size = save_model(transformed, target, arch=loaded.arch, force=force)
     out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
     payload = result.to_dict()
     payload["output"] = {"path": target, "bytes": size}

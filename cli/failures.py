@@ -110,6 +110,9 @@ def message_for(exc: BaseException) -> tuple[str, int]:
 
 def run_guarded(out: Output, action: Callable[[], T]) -> T:
     """Run a command body; turn any failure into a one-line message and a clean exit code."""
+    from surgeon.cli.files import forget_outputs
+
+    forget_outputs()
     try:
         return action()
     except (typer.Exit, typer.Abort, typer.TyperException):

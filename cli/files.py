@@ -21,6 +21,11 @@ def _identity(path: str) -> tuple[int, int, int] | None:
     return stat.st_dev, stat.st_ino, stat.st_mtime_ns
 
 
+def forget_outputs() -> None:
+    """Start a new command's list (one process may run several commands, e.g. under a test runner)."""
+    _planned.clear()
+
+
 def written_outputs() -> list[str]:
     """The planned outputs that were placed (they exist and are not what stood there before)."""
     return [path for path, before in _planned.items()

@@ -43,6 +43,7 @@ class Output:
         """The command's machine-readable result (always printed with ``--json``)."""
         if self.as_json:
             sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+            sys.stdout.flush()  # the result is out (or the failure to print it is reported) before the command ends
 
     def warn(self, message: str) -> None:
         if not self.quiet:

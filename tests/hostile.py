@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def child(case):
         os.chdir(case["cwd"])
         os.umask(case["umask"])
         os.environ.update(case["env"])
+        if case.get("pidfile"):
+            with open(case["pidfile"] + ".part", "w") as handle:
+                handle.write(str(os.getpid()))
+            os.rename(case["pidfile"] + ".part", case["pidfile"])
         for fd, name in ((1, "stdout"), (2, "stderr")):
             handle = os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(handle, fd)
@@ -119,7 +124,8 @@ class Zygote:
                                       env={**os.environ, **CHILD_ENV})
 
     def run_many(self, calls: list[dict]) -> list[Result]:
-        """``calls``: dicts with ``argv``, ``cwd`` and optional ``umask`` / ``env``; run at the same time."""
+        """``calls``: dicts with ``argv``, ``cwd`` and optional ``umask``, ``env``, ``stdout`` (a path, e.g. a
+        FIFO) and ``pidfile`` (where the child writes its pid, to be signalled); they run at the same time."""
         with self._lock:
             cases = []
             for call in calls:
@@ -127,7 +133,8 @@ class Zygote:
                 stem = self.scratch / f"call{self._count}"
                 cases.append({"argv": [str(a) for a in call["argv"]], "cwd": str(call["cwd"]),
                               "umask": call.get("umask", 0o022), "env": {**CHILD_ENV, **call.get("env", {})},
-                              "stdout": f"{stem}.out", "stderr": f"{stem}.err"})
+                              "stdout": str(call.get("stdout", f"{stem}.out")), "stderr": f"{stem}.err",
+                              "pidfile": str(call.get("pidfile", ""))})
             assert self._proc.stdin is not None and self._proc.stdout is not None
             self._proc.stdin.write(json.dumps(cases) + "\n")
             self._proc.stdin.flush()
@@ -135,19 +142,36 @@ class Zygote:
             if not reply:
                 raise RuntimeError("the zygote process died")
             codes = json.loads(reply)
-        return [Result(code, Path(case["stdout"]).read_text(errors="replace"),
-                       Path(case["stderr"]).read_text(errors="replace")) for code, case in zip(codes, cases)]
+        return [Result(code, "" if "stdout" in call else Path(case["stdout"]).read_text(errors="replace"),
+                       Path(case["stderr"]).read_text(errors="replace"))
+                for code, case, call in zip(codes, cases, calls)]
 
     def run(self, argv: list, cwd: Path, **options) -> Result:
         return self.run_many([{"argv": argv, "cwd": cwd, **options}])[0]
 
+    def interrupt(self, argv: list, cwd: Path, moment, signum: int, **options) -> Result:
+        """Run ``argv`` and send it ``signum`` as soon as ``moment()`` is true (polled every 2 ms)."""
+        pidfile = self.scratch / f"pid{self._count + 1}-{time.monotonic_ns()}"
+        outcome: list = []
+        worker = threading.Thread(target=lambda: outcome.append(
+            self.run(argv, cwd, pidfile=pidfile, **options)))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while not (pidfile.exists() and moment()):
+                if not worker.is_alive() or time.monotonic() > deadline:
+                    raise AssertionError("the command ended (or hung) before the moment to interrupt it")
+                time.sleep(0.002)
+            os.kill(int(pidfile.read_text()), signum)
+        finally:
+            worker.join(timeout=120)
+        return outcome[0]
+
     def close(self) -> None:
+        self._proc.kill()  # it holds no state worth a clean shutdown (which takes seconds with torch loaded)
+        self._proc.wait(timeout=30)
         if self._proc.stdin is not None:
             self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
 
 
 # --- what a case must leave as it found it -------------------------------------------------------------------

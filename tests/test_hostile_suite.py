@@ -9,6 +9,7 @@ ran. API cases assert the exception type, a one-line message naming the problem,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -385,14 +386,6 @@ def start(argv: list, cwd: Path, **options) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **options)
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, "the command ended before the moment to interrupt it"
-        assert time.monotonic() < deadline, "timed out waiting for the moment to interrupt"
-        time.sleep(0.002)
-
-
 def finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
     try:
         _, err = proc.communicate(timeout=120)
@@ -413,41 +406,33 @@ def test_signal_while_importing(signum: int, tmp_path: Path) -> None:
     assert not os.listdir(tmp_path)
 
 
-def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path: Path) -> None:
+def test_sigterm_while_writing_leaves_no_temporary_file(zygote: Zygote, tmp_path: Path) -> None:
     """SIGTERM once the temporary output exists (AlexNet's 244 MB written as a checkpoint)."""
-    proc = start(["export", "example:alexnet", "--format", "safetensors", "-o", "o.safetensors", "-q"], tmp_path,
-                 stdout=subprocess.DEVNULL)
-    wait_for(lambda: any(name.endswith(".tmp") for name in os.listdir(tmp_path)), proc)
-    proc.send_signal(signal.SIGTERM)
-    code, lines = finish(proc)
-    assert code == 143, lines
-    assert lines == ["error: interrupted (SIGTERM); no output was written"], lines
+    result = zygote.interrupt(["export", "example:alexnet", "--format", "safetensors", "-o", "o.safetensors", "-q"],
+                              tmp_path, lambda: any(name.endswith(".tmp") for name in os.listdir(tmp_path)),
+                              signal.SIGTERM)
+    assert result.code == 143, result.stderr
+    assert result.stderr_lines == ["error: interrupted (SIGTERM); no output was written"], result.stderr
     assert not os.listdir(tmp_path)
 
 
-def test_sigint_after_the_output_was_written_says_so(tmp_path: Path) -> None:
-    """With stdout a full pipe, the command blocks printing its --json result after placing the file: Ctrl-C
+def test_sigint_after_the_output_was_written_says_so(zygote: Zygote, tmp_path: Path) -> None:
+    """With stdout a full FIFO, the command blocks printing its --json result after placing the file: Ctrl-C
     there must report the (complete) file, not claim that nothing was written."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
+    fifo = tmp_path.parent / f"{tmp_path.name}.fifo"
+    os.mkfifo(fifo)
+    holder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # both ends, so the child's open does not wait for a reader
     try:
-        while True:
-            os.write(write_end, b"x" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write_end, True)
-    proc = start(["convert", "example:mlp", "--depth", "2", "-o", "o.safetensors", "--json"], tmp_path,
-                 stdout=write_end)
-    os.close(write_end)
-    try:
-        wait_for(lambda: (tmp_path / "o.safetensors").exists(), proc)
-        time.sleep(0.2)  # into the blocked write of the JSON result
-        proc.send_signal(signal.SIGINT)
-        code, lines = finish(proc)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(holder, b"x" * 4096)
+        result = zygote.interrupt(["convert", "example:mlp", "--depth", "2", "-o", "o.safetensors", "--json"],
+                                  tmp_path, lambda: (tmp_path / "o.safetensors").exists(), signal.SIGINT,
+                                  stdout=fifo)
     finally:
-        os.close(read_end)
-    assert code == 130, lines
-    assert lines == ["error: interrupted (SIGINT) after o.safetensors was written (it is complete)"], lines
+        os.close(holder)
+    assert result.code == 130, result.stderr
+    assert result.stderr_lines == ["error: interrupted (SIGINT) after o.safetensors was written (it is complete)"]
     assert sorted(os.listdir(tmp_path)) == ["o.safetensors"]
     surgeon.io.checkpoint.read_checkpoint(tmp_path / "o.safetensors")
 

@@ -42,6 +42,9 @@ _ZYGOTE = r'''
 import json, os, runpy, sys, traceback
 command = json.loads(sys.argv[1])
 import surgeon.cli.app  # noqa: F401 - the expensive part, done once before any fork
+import torch._dynamo  # noqa: F401 - imported by the first call of a torch custom op (the structured layers)
+import typer._adapters  # noqa: F401 - imported by typer's first parse
+assert len(os.listdir("/proc/self/task")) == 1, "no threads may run when forking"
 
 
 def child(case):

@@ -31,7 +31,7 @@ def entry_point() -> list[str]:
     script = Path(sys.executable).parent / "surgeon"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "surgeon.cli.app"]
+    return [sys.executable, "-m", "surgeon_launcher"]
 
 
 # Quiet, single-threaded children: several cases run at once on two shared cores.
@@ -118,7 +118,7 @@ class Zygote:
     def __init__(self, scratch: Path) -> None:
         command = entry_point()
         if len(command) > 1:
-            command = [command[0], "surgeon.cli.app"]  # run_module target
+            command = [command[0], command[-1]]  # a module for runpy.run_module
         self.scratch = scratch
         self._lock = threading.Lock()
         self._count = 0

@@ -163,9 +163,9 @@ def first_step(**changes):
     return change
 
 
-def step_arguments(**changes):
+def step_config(**changes):
     def change(recipe: list) -> list:
-        recipe[0]["arguments"].update(changes)
+        recipe[0]["config"].update(changes)
         return recipe
     return change
 
@@ -210,10 +210,10 @@ CASES = [
     Case("metadata-not-strings", forged({**F32_2X2, "__metadata__": {"surgeon.recipe": 5}}), 1, ("corrupt",)),
     # --- tampered recipes, aliases and recorded architectures
     Case("recipe-not-json", checkpoint_with(set_recipe("[{not json")), 1, ("unreadable surgery recipe",)),
-    Case("recipe-unknown-transform", checkpoint_with(set_recipe(first_step(transform="os.system"))), 1,
-         ("not a known transform",)),
+    Case("recipe-unknown-config-type", checkpoint_with(set_recipe(first_step(config_type="os.system"))), 1,
+         ("unknown config type 'os.system'",)),
     Case("recipe-missing-module", checkpoint_with(set_recipe(first_step(selected=["net.99"]))), 1, ("net.99",)),
-    Case("recipe-bad-depth", checkpoint_with(set_recipe(step_arguments(depth=-5))), 1, ("depth must be",)),
+    Case("recipe-bad-depth", checkpoint_with(set_recipe(step_config(depth=-5))), 1, ("recipe step 1", "got -5")),
     Case("alias-to-missing-tensor", checkpoint_with(set_meta("surgeon.aliases", '{"net.9.weight": "nope"}')), 1,
          ("missing tensor",)),
     Case("alias-also-stored", checkpoint_with(set_meta("surgeon.aliases", '{"net.4.weight": "net.4.bias"}')), 1,
@@ -254,7 +254,8 @@ CASES = [
          ("[/a]",)),
     Case("include-invalid-regex", with_model("convert", "MODEL", "--exclude", "(", "-o", "o.safetensors"), 2,
          ("invalid regex",)),
-    Case("unknown-linear", with_model("convert", "MODEL", "--linear", "butterfly"), 2, ("butterfly", "--help")),
+    Case("unknown-linear", with_model("convert", "MODEL", "--linear", "butterfly"), 2, ("--linear", "butterfly")),
+    Case("unknown-format", with_model("export", "MODEL", "--format", "tflite"), 2, ("--format", "tflite", "--help")),
     Case("unknown-option", with_model("convert", "MODEL", "--nope"), 2, ("--nope",)),
     Case("missing-argument", lambda i, m, a: ["convert"], 2, ("missing argument",)),
     Case("unknown-command", lambda i, m, a: ["transmogrify"], 2, ("transmogrify",)),
@@ -306,12 +307,12 @@ def test_cli_case(case: Case, zygote: Zygote, assets: dict, tmp_path: Path) -> N
 
 def test_usage_errors_look_the_same_everywhere(zygote: Zygote, tmp_path: Path) -> None:
     """Parser errors and the commands' own usage errors: one ``error:`` line, exit 2, a pointer to --help."""
-    results = zygote.run_many([{"argv": ["convert", "example:mlp", "--linear", "butterfly"], "cwd": tmp_path},
+    results = zygote.run_many([{"argv": ["export", "example:mlp", "--format", "tflite"], "cwd": tmp_path},
                                {"argv": ["convert", "example:mlp", "--depth", "0"], "cwd": tmp_path}])
     for result in results:
         assert_clean_failure(result, 2)
-    assert results[0].stderr_lines[0] == ("error: Invalid value for '--linear': Value error, 'butterfly' is not one "
-                                          "of 'acdc', 'fastfood'. (see surgeon convert --help)")
+    assert results[0].stderr_lines[0] == ("error: Invalid value for '--format' / '-f': Value error, 'tflite' is not "
+                                          "one of 'onnx', 'safetensors'. (see surgeon export --help)")
     assert not os.listdir(tmp_path)
 
 

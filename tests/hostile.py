@@ -181,9 +181,9 @@ class Zygote:
 
 
 def folder_state(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden temporaries included) -> its sha256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+    """Everything under ``folder`` (hidden temporaries and empty folders included) -> its sha256 (or "folder")."""
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() and not p.is_symlink()
+            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))}
 
 
 def assert_clean_failure(result: Result, code: int, *needles: str) -> None:

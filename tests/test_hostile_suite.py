@@ -170,6 +170,12 @@ def step_config(**changes):
     return change
 
 
+def yaml_payload(marker: Path) -> bytes:
+    """A recipe whose loading with an unsafe YAML loader would create the marker."""
+    code = f"open({str(marker)!r}, 'w')"
+    return f'name: x\nmodel: !!python/object/apply:builtins.exec ["{code}"]\n'.encode()
+
+
 def check_mode(mode: int) -> Callable[[Path], None]:
     def check(out: Path) -> None:
         assert (out / "o.safetensors").stat().st_mode & 0o777 == mode
@@ -238,6 +244,10 @@ CASES = [
     Case("pickle-named-safetensors", with_payload("convert", "EVIL", "--arch", "surgeon.zoo:MLP", "-o",
                                                   "o.safetensors", name="evil.safetensors", legacy=True), 1,
          ("corrupt",)),
+    Case("yaml-payload-recipe", lambda i, m, a: ["train", write(i / "evil.yaml", yaml_payload(m))], 1,
+         ("constructor",)),
+    Case("recipe-not-yaml", lambda i, m, a: ["train", write(i / "bad.yaml", b"a: [1, 2\n")], 1),
+    Case("unknown-recipe", lambda i, m, a: ["train", "no_such_recipe"], 1, ("no recipe 'no_such_recipe'",)),
     # --- arguments: usage errors (exit 2) and failures (exit 1), nothing written
     Case("shape-zero", with_model("convert", "MODEL", "--input-shape", "0,3", "-o", "o.safetensors"), 2,
          ("--input-shape", "entry 0")),
@@ -503,3 +513,19 @@ def test_api_load_refuses_an_alias_that_is_also_stored(tmp_path: Path) -> None:
         surgeon.load(forged_file, torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))
     assert "'1.weight' is also stored" in str(caught.value) and len(str(caught.value).splitlines()) == 1
     assert folder_state(tmp_path) == before
+
+
+def test_the_payloads_are_live(tmp_path: Path) -> None:
+    """The hostile files would run their code if loaded unsafely, so "no payload ran" above means something."""
+    import pickle
+
+    import yaml
+
+    markers = [tmp_path / f"ran{i}" for i in range(4)]
+    pickle.loads(payload_pickle(markers[0]))
+    payload_torch_file(tmp_path / "evil.pt", markers[1])
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    np.save(tmp_path / "evil.npy", np.array([Payload(markers[2])], dtype=object), allow_pickle=True)
+    np.load(tmp_path / "evil.npy", allow_pickle=True)
+    yaml.unsafe_load(yaml_payload(markers[3]))
+    assert all(marker.exists() for marker in markers)

@@ -77,6 +77,7 @@ class Case:
     outputs: tuple[str, ...] = ()
     umask: int = 0o022
     check: Callable[[Path], None] | None = field(default=None, repr=False)
+    stdout_has: tuple[str, ...] = ()
 
 
 def write(path: Path, data: bytes) -> str:
@@ -168,6 +169,15 @@ def step_config(**changes):
         recipe[0]["config"].update(changes)
         return recipe
     return change
+
+
+def markup_module_names(inputs: Path) -> str:
+    """A (trusted) pickled module whose layer names are rich markup and an emoji code."""
+    model = torch.nn.Sequential()
+    model.add_module("[/x]", torch.nn.Linear(64, 64))
+    model.add_module(":b:", torch.nn.ReLU())
+    torch.save(model, inputs / "named.pt")
+    return str(inputs / "named.pt")
 
 
 def yaml_payload(marker: Path) -> bytes:
@@ -278,6 +288,8 @@ CASES = [
     Case("calibration-not-tensor", lambda i, m, a: ["convert", "example:mlp", "--init", "fit", "--calib",
                                                     write(i / "c.pt", b"nope"), "-o", "o.safetensors"], 1,
          ("--calib",)),
+    Case("markup-in-module-names", lambda i, m, a: ["report", markup_module_names(i), "--trust", "--input-shape",
+                                                    "1,64"], 0, stderr_lines=0, stdout_has=("│ [/x] ", "│ :b: ")),
     # --- modes: outputs honour the umask
     Case("umask-027", with_model("convert", "MODEL", "--depth", "2", "-o", "o.safetensors", "-q"), 0,
          stderr_lines=0, outputs=("o.safetensors",), umask=0o027, check=check_mode(0o640)),
@@ -313,6 +325,8 @@ def test_cli_case(case: Case, zygote: Zygote, assets: dict, tmp_path: Path) -> N
     assert_left_alone(inputs, out, marker, before, case.outputs)
     if case.check:
         case.check(out)
+    for text in case.stdout_has:
+        assert text in result.stdout, result.stdout
 
 
 def test_usage_errors_look_the_same_everywhere(zygote: Zygote, tmp_path: Path) -> None:

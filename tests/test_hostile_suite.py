@@ -411,6 +411,22 @@ def start(argv: list, cwd: Path, **options) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **options)
 
 
+def wait_until_handled(proc: subprocess.Popen, signum: int, timeout: float = 60.0) -> None:
+    """Until ``proc`` catches ``signum`` (``SigCgt`` in /proc; where there is no /proc, a fixed 0.3 s)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    if not status.exists():
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        caught = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")),
+                      "0")
+        if int(caught, 16) & (1 << (signum - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError("the entry point never installed its signal handlers")
+
+
 def finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
     try:
         _, err = proc.communicate(timeout=120)
@@ -423,7 +439,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
 def test_signal_while_importing(signum: int, tmp_path: Path) -> None:
     """Ctrl-C (or SIGTERM) in the first second, while torch loads: one line, 128 + signal, no traceback."""
     proc = start(["convert", "example:mlp", "-o", "o.safetensors"], tmp_path, stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
+    wait_until_handled(proc, signal.SIGTERM)  # the launcher's handlers are in place: it is importing the CLI
     proc.send_signal(signum)
     code, lines = finish(proc)
     assert code == 128 + signum, lines

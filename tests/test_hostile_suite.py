@@ -171,6 +171,11 @@ def step_config(**changes):
     return change
 
 
+def converting(case_id: str, flags: list[str], code: int, *needles: str) -> Case:
+    """``surgeon convert MODEL FLAGS -o o.safetensors``."""
+    return Case(case_id, with_model("convert", "MODEL", *flags, "-o", "o.safetensors"), code, needles)
+
+
 def markup_module_names(inputs: Path) -> str:
     """A (trusted) pickled module whose layer names are rich markup and an emoji code."""
     model = torch.nn.Sequential()
@@ -259,29 +264,21 @@ CASES = [
     Case("recipe-not-yaml", lambda i, m, a: ["train", write(i / "bad.yaml", b"a: [1, 2\n")], 1),
     Case("unknown-recipe", lambda i, m, a: ["train", "no_such_recipe"], 1, ("no recipe 'no_such_recipe'",)),
     # --- arguments: usage errors (exit 2) and failures (exit 1), nothing written
-    Case("shape-zero", with_model("convert", "MODEL", "--input-shape", "0,3", "-o", "o.safetensors"), 2,
-         ("--input-shape", "entry 0")),
-    Case("shape-not-integer", with_model("convert", "MODEL", "--input-shape", "1,x", "-o", "o.safetensors"), 2,
-         ("entry 'x'",)),
-    Case("shape-negative", with_model("convert", "MODEL", "--input-shape", "-1,3", "-o", "o.safetensors"), 2,
-         ("entry -1",)),
-    Case("shape-huge", with_model("convert", "MODEL", "--input-shape", "100000,100000", "-o", "o.safetensors"), 2,
-         ("elements",)),
-    Case("shape-mismatch", with_model("convert", "MODEL", "--input-shape", "2,5", "-o", "o.safetensors"), 1),
-    Case("arch-emoji-code", with_model("convert", "MODEL", "--arch", "a:b:c", "-o", "o.safetensors"), 2,
-         ("'a:b:c'",)),
-    Case("include-markup", with_model("convert", "MODEL", "--include", "[/a]", "-o", "o.safetensors"), 1,
-         ("[/a]",)),
-    Case("include-invalid-regex", with_model("convert", "MODEL", "--exclude", "(", "-o", "o.safetensors"), 2,
-         ("invalid regex",)),
+    converting("shape-zero", ["--input-shape", "0,3"], 2, "--input-shape", "entry 0"),
+    converting("shape-not-integer", ["--input-shape", "1,x"], 2, "entry 'x'"),
+    converting("shape-negative", ["--input-shape", "-1,3"], 2, "entry -1"),
+    converting("shape-huge", ["--input-shape", "100000,100000"], 2, "elements"),
+    converting("shape-mismatch", ["--input-shape", "2,5"], 1),
+    converting("arch-emoji-code", ["--arch", "a:b:c"], 2, "'a:b:c'"),
+    converting("include-markup", ["--include", "[/a]"], 1, "[/a]"),
+    converting("include-invalid-regex", ["--exclude", "("], 2, "invalid regex"),
     Case("unknown-linear", with_model("convert", "MODEL", "--linear", "butterfly"), 2, ("--linear", "butterfly")),
     Case("unknown-format", with_model("export", "MODEL", "--format", "tflite"), 2, ("--format", "tflite", "--help")),
     Case("unknown-option", with_model("convert", "MODEL", "--nope"), 2, ("--nope",)),
     Case("missing-argument", lambda i, m, a: ["convert"], 2, ("missing argument",)),
     Case("unknown-command", lambda i, m, a: ["transmogrify"], 2, ("transmogrify",)),
     Case("depth-zero", with_model("convert", "MODEL", "--depth", "0"), 2, ("--depth",)),
-    Case("arch-returns-no-module", with_model("convert", "MODEL", "--arch", "os:getcwd", "-o", "o.safetensors"), 2,
-         ("not a torch.nn.Module",)),
+    converting("arch-returns-no-module", ["--arch", "os:getcwd"], 2, "not a torch.nn.Module"),
     Case("output-wrong-suffix", with_model("convert", "MODEL", "-o", "o.txt"), 2, ("must end with",)),
     Case("output-is-input", with_model("convert", "MODEL", "-o", "MODEL"), 2, ("is the input",)),
     Case("output-dir-missing", with_model("convert", "MODEL", "-o", "no/such/o.safetensors"), 1, ("does not exist",)),

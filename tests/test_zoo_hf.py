@@ -69,7 +69,7 @@ def test_folders_that_would_run_foreign_code_are_refused(tmp_path) -> None:
         json.dump(config, handle)
     with pytest.raises(surgeon.CheckpointError, match="config.json"):
         surgeon.from_pretrained(folder)
-    with pytest.raises(surgeon.CheckpointError, match="not a surgeon Hugging Face folder"):
+    with pytest.raises(surgeon.CheckpointError, match="not a Hugging Face folder"):
         surgeon.from_pretrained(tmp_path / "missing")
     with pytest.raises(surgeon.CheckpointError, match="transformers config"):
         surgeon.save_pretrained(torch.nn.Linear(2, 2), tmp_path / "no-config")

@@ -5,6 +5,10 @@ plain ``open(path, "w")`` would give (``0o666 & ~umask``; ``mkstemp`` makes it 0
 placed. Without ``overwrite`` the placement is a hard link, which fails if ``path`` appeared meanwhile (another
 process writing the same output), so a file created concurrently is never replaced. A write that fills the disk
 raises ``OSError(ENOSPC)`` naming ``path``, whatever the writer reported (torch says "unexpected pos ...").
+
+A folder (:func:`write_folder_atomically`, e.g. a Hugging Face folder) is written the same way: filled in a
+temporary folder beside ``path``, then renamed into place without replacing a folder that appeared meanwhile, or,
+with ``overwrite``, swapped with the existing folder in one step (``RENAME_EXCHANGE``) and the old one removed.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 
 _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
-_RENAME_NOREPLACE = 1  # linux/fs.h
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
 _FULL_BELOW_BYTES = 1 << 16  # a failed write that leaves less free space than this ran out of it
 
 
@@ -46,6 +51,56 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *,
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def write_folder_atomically(path: str | os.PathLike, write: Callable[[str], object], *, overwrite: bool = True) -> None:
+    """Call ``write(tmp)`` on an empty temporary folder beside ``path``, flush its files, then place it at ``path``.
+
+    The folder gets the mode ``mkdir`` would give (``0o777 & ~umask``). ``overwrite=False``: raise
+    ``FileExistsError`` rather than replace anything at ``path`` at placement time; ``overwrite=True``: an
+    existing folder at ``path`` is swapped out atomically and then removed. Interrupted or failed, the
+    temporary folder is removed and ``path`` is as it was.
+    """
+    path = os.fspath(path).rstrip(os.sep) or os.sep
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=".surgeon-", suffix=".tmp", dir=directory)
+    try:
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o777 & ~current_umask())
+            _fsync_tree(tmp)
+        except Exception as exc:
+            if _ran_out_of_space(exc, directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from exc
+            raise
+        if overwrite and os.path.isdir(path) and not os.path.islink(path):
+            _exchange(tmp, path)     # tmp now holds the old folder, removed below
+        else:
+            _rename_noreplace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(folder: str) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb+") as handle:
+                os.fsync(handle.fileno())
+        descriptor = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _exchange(tmp: str, path: str) -> None:
+    """Swap the folders ``tmp`` and ``path`` (atomically where ``renameat2`` exists, else by two renames)."""
+    if _renameat2(tmp, path, _RENAME_EXCHANGE) == 0:
+        return
+    aside = tmp + ".old"
+    os.rename(path, aside)
+    os.rename(tmp, path)
+    os.rename(aside, tmp)
 
 
 def current_umask() -> int:
@@ -89,27 +144,31 @@ def _place(tmp: str, path: str, *, overwrite: bool) -> None:
 
 
 def _rename_noreplace(tmp: str, path: str) -> None:
-    """``renameat2(RENAME_NOREPLACE)`` for file systems without hard links; an exclusive create otherwise."""
-    failure = _renameat2_noreplace(tmp, path)
+    """``renameat2(RENAME_NOREPLACE)`` for file systems without hard links (and for folders); an exclusive create
+    of the name otherwise."""
+    failure = _renameat2(tmp, path, _RENAME_NOREPLACE)
     if failure == 0:
         return
     if failure == errno.EEXIST:
         raise FileExistsError(errno.EEXIST, "already exists", path)
     # Neither primitive: reserve the name exclusively, then replace the (empty, ours) placeholder.
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        if os.path.isdir(tmp):
+            os.mkdir(path, 0o700)    # a folder replaces an empty folder, not a file
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, "already exists", path) from None
     os.replace(tmp, path)
 
 
-def _renameat2_noreplace(tmp: str, path: str) -> int | None:
-    """0 on success, the errno on failure, None where libc has no ``renameat2``."""
+def _renameat2(tmp: str, path: str, flags: int) -> int | None:
+    """``renameat2(tmp, path, flags)``: 0 on success, the errno on failure, None where libc has no ``renameat2``."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return None
     at_cwd = -100
-    if renameat2(at_cwd, os.fsencode(tmp), at_cwd, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+    if renameat2(at_cwd, os.fsencode(tmp), at_cwd, os.fsencode(path), flags) == 0:
         return 0
     return ctypes.get_errno()

@@ -17,7 +17,9 @@ from surgeon.layers.acdc import MAX_DEPTH
 
 # Config fields the options set, for errors in the options' own terms.
 FLAGS = {"linear": "--linear", "depth": "--depth", "init": "--init", "max_error": "--max-error", "seed": "--seed",
-         "calibration": "--calib"}
+         "calibration": "--calib", "targets": "--targets"}
+# What each target selects, for the error when nothing was.
+TARGET_SITES = {"linear": "nn.Linear layer, F.linear call or Conv1D", "conv1x1": "1x1 convolution"}
 
 
 def load_calibration(path: str, batch_size: int = 64) -> list[torch.Tensor]:
@@ -43,7 +45,7 @@ def load_calibration(path: str, batch_size: int = 64) -> list[torch.Tensor]:
 
 @transform_command
 def convert_command(
-    model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
+    model: Annotated[str, typer.Argument(help="Model file, Hugging Face folder, or example:NAME.")],
     linear: Annotated[str, typer.Option(
         "--linear", help=f"Structured layer: {', '.join(config_names('convert'))}.")] = "acdc",
     depth: Annotated[str | None, typer.Option(
@@ -53,20 +55,26 @@ def convert_command(
     calib: Annotated[str | None, typer.Option("--calib", help="Tensor file of model inputs for --init fit.")] = None,
     max_error: Annotated[float | None, typer.Option("--max-error", help="Relative error tolerance for --depth "
                                                                         "auto.")] = None,
+    targets: Annotated[str | None, typer.Option(
+        "--targets", help="Comma-separated linear maps to convert: linear (nn.Linear, F.linear, HF Conv1D), "
+                          "conv1x1 (1x1 convolutions over channels). Default: linear.")] = None,
     seed: SeedOption = None,
 ) -> TransformJob:
     """Replace the model's nn.Linear layers with ACDC cascades or Adaptive Fastfood transforms.
 
     Example: surgeon convert model.pt --linear acdc --depth 12
+
+    Example: surgeon convert gpt2-folder/ --linear fastfood -o gpt2-fastfood/ (a Hugging Face folder)
     """
     from surgeon.surgery.convert import convert
 
     config = build_config("convert", linear.strip().lower(), FLAGS, depth=parse_int_or_word(depth),
-                          init=init.strip().lower(), max_error=max_error, seed=seed)
+                          init=init.strip().lower(), max_error=max_error, seed=seed,
+                          targets=None if targets is None else tuple(t.strip() for t in targets.split(",")))
     calibration = load_calibration(calib) if calib else None
 
     def apply(model: nn.Module, **selection: object) -> nn.Module:
         with usage_errors(FLAGS):
             return convert(model, config, calibration=calibration, **selection)
 
-    return TransformJob(linear, "nn.Linear layer or F.linear call", apply)
+    return TransformJob(linear, " or ".join(TARGET_SITES[t] for t in config.targets), apply)

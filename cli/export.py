@@ -30,7 +30,7 @@ class ExportFormat(str, Enum):
 
 
 def export_command(
-    model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
+    model: Annotated[str, typer.Argument(help="Model file, Hugging Face folder, or example:NAME.")],
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx or safetensors.")] = ExportFormat.onnx,
     output: OutputOption = None,
     input_shape: InputShapeOption = None,

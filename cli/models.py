@@ -8,6 +8,9 @@ Accepted inputs:
   ``{"arch": "example:NAME", "state_dict": {...}}`` names its built-in architecture itself;
 * a surgeon checkpoint (``.safetensors`` with a recipe, written by ``surgeon convert``/``surgeon.save``) plus the
   architecture of the *original* model (``--arch``, or recorded in the file when it is a built-in example);
+* a Hugging Face folder (``config.json`` + ``model.safetensors``): one written by ``surgeon.save_pretrained`` /
+  ``--format hf``, or a plain transformers ``save_pretrained`` folder; rebuilt by :func:`surgeon.from_pretrained`
+  from transformers' own classes (no remote code, no network), so it needs no ``--arch``;
 * a whole pickled module (``torch.save(model)``) only with ``--trust``: unpickling runs code from the file.
 """
 
@@ -17,7 +20,7 @@ import importlib
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +37,10 @@ ARCH_METADATA_KEY = "surgeon.arch"
 @dataclass
 class LoadedModel:
     model: nn.Module
-    kind: str                 # "example", "state_dict", "checkpoint", "pickle"
+    kind: str                 # "example", "state_dict", "checkpoint", "hf", "pickle"
     arch: str | None          # how to rebuild the original architecture ("example:NAME" or "pkg.mod:fn")
     example: str | None       # built-in example name, when known (gives a default input)
+    original: Callable[[], nn.Module] | None = None   # builds the model before surgery (a report's baseline)
 
 
 def build_arch(spec: str) -> nn.Module:
@@ -98,7 +102,8 @@ def _load_safetensors(path: str, arch: str | None) -> LoadedModel:
             arch = recorded
         hint = f" (it was made from --arch {recorded})" if recorded else ""
         arch = _require_arch(path, arch, f"a surgeon checkpoint{hint}")
-        return LoadedModel(load(path, build_arch(arch)), "checkpoint", arch, _example_name(arch))
+        return LoadedModel(load(path, build_arch(arch)), "checkpoint", arch, _example_name(arch),
+                           lambda: build_arch(arch))
     arch = _require_arch(path, arch, "a bare state_dict")
     model = build_arch(arch)
     _load_state_dict(model, tensors, path, arch)
@@ -151,6 +156,17 @@ def _load_pickle(path: str) -> LoadedModel:
     return LoadedModel(obj, "pickle", None, None)
 
 
+def _load_folder(path: str, arch: str | None) -> LoadedModel:
+    from surgeon.io.hf import check_pretrained_folder, from_pretrained, original_model
+    from surgeon.surgery.record import records
+
+    check_pretrained_folder(path)
+    if arch is not None:
+        raise UsageError(f"{path} is a Hugging Face folder, whose config.json names its architecture; drop --arch")
+    model = from_pretrained(path)
+    return LoadedModel(model, "hf", None, None, (lambda: original_model(path)) if records(model) else None)
+
+
 def load_model(spec: str, *, arch: str | None = None, trust: bool = False) -> LoadedModel:
     """Load the MODEL argument of a command (see the module docstring for what is accepted)."""
     if arch is not None and not arch.startswith(EXAMPLE_PREFIX) and not _ARCH.match(arch):
@@ -158,6 +174,8 @@ def load_model(spec: str, *, arch: str | None = None, trust: bool = False) -> Lo
     if spec.startswith(EXAMPLE_PREFIX):
         name = spec[len(EXAMPLE_PREFIX):]
         return LoadedModel(zoo.build_example(name), "example", spec, name)
+    if os.path.isdir(spec):
+        return _load_folder(spec, arch)
     _check_file(spec)
     if spec.endswith(".pt2"):
         raise InputError(f"{spec}: torch.export programs (.pt2) are not supported; save the model's state_dict "
@@ -169,7 +187,11 @@ def load_model(spec: str, *, arch: str | None = None, trust: bool = False) -> Lo
 
 def example_inputs(loaded: LoadedModel, shape: tuple[int, ...] | None, *, required: bool = False,
                    batch: int | None = None) -> torch.Tensor | None:
-    """An input for ``loaded.model``: random of ``shape`` (float), else the built-in example's default."""
+    """An input for ``loaded.model``: random of ``shape`` (float; token ids for a transformers model that reads
+    ``input_ids``), else the built-in example's default."""
+    vocabulary = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    if shape is not None and getattr(loaded.model, "main_input_name", None) == "input_ids" and vocabulary:
+        return torch.randint(0, int(vocabulary), shape, generator=torch.Generator().manual_seed(0))
     if shape is not None:
         first = next((p for p in loaded.model.parameters() if p.is_floating_point()), None)
         dtype = first.dtype if first is not None else torch.float32

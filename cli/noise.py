@@ -16,7 +16,7 @@ MOLLIFY_FLAGS = {"c": "--c", "skip": "--skip"}
 
 @transform_command
 def noisify_command(
-    model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
+    model: Annotated[str, typer.Argument(help="Model file, Hugging Face folder, or example:NAME.")],
     mode: Annotated[str, typer.Option("--mode", help=f"Noise form (thesis §4.3): {', '.join(NOISY_MODES)}.")]
     = "nah",
     targets: Annotated[str, typer.Option("--targets", help="Comma-separated: sigmoid, tanh.")] = "sigmoid,tanh",
@@ -35,7 +35,7 @@ def noisify_command(
 
 @transform_command
 def mollify_command(
-    model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
+    model: Annotated[str, typer.Argument(help="Model file, Hugging Face folder, or example:NAME.")],
     c: Annotated[float | None, typer.Option("--c", help="Noise scale c of the mollified units.")] = None,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="Insert the stochastic skip (eqs. 4.27-4.30).")]
     = True,

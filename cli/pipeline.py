@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from surgeon.cli.failures import InputError, UsageError
-from surgeon.cli.files import check_output, default_output, save_model
+from surgeon.cli.files import check_output, resolve_output, save_model
 from surgeon.cli.models import LoadedModel, example_inputs, load_model
 from surgeon.cli.options import parse_shape
 from surgeon.cli.output import Output
@@ -16,22 +16,28 @@ from surgeon.cli.output import Output
 
 def transform_and_save(out: Output, *, model: str, output: str | None, tag: str, arch: str | None, trust: bool,
                        force: bool, input_shape: str | None,
-                       transform: Callable[[LoadedModel], nn.Module], targets: str) -> None:
+                       transform: Callable[[LoadedModel], nn.Module], targets: str,
+                       format: str | None = None) -> None:
     """Validate every argument, load, transform, refuse a no-op, build the report, and only then write the output:
     a command that fails at any step leaves no file behind.
 
-    ``targets`` names what the transform looks for, for the error when it found nothing.
+    ``targets`` names what the transform looks for, for the error when it found nothing. ``format``: ``--format``
+    (None: from the output's suffix, see :func:`surgeon.cli.files.output_format`).
     """
+    from surgeon.io.hf import has_pretrained_config
     from surgeon.reporting import report
     from surgeon.surgery.record import records
 
     shape = parse_shape(input_shape)
-    target = output or default_output(model, tag)
-    check_output(target, force=force, inputs=(model,), suffixes=(".safetensors", ".pt"))
+    target, kind = resolve_output(model, output, format, tag)
+    target = check_output(target, force=force, inputs=(model,), folder=kind == "hf")
     loaded = load_model(model, arch=arch, trust=trust)
-    if target.endswith(".pt") and loaded.kind != "pickle":
+    if kind == "pt" and loaded.kind != "pickle":
         raise UsageError("a .pt output holds a pickled module and needs a pickled (--trust) input; "
                          "use a .safetensors output")
+    if kind == "hf" and not has_pretrained_config(loaded.model):
+        raise UsageError(f"a Hugging Face folder output (--format hf) needs a transformers model, and {model} is "
+                         f"not one ({type(loaded.model).__name__}); use a .safetensors output")
     out.info(f"loaded {model} ({loaded.kind}); applying {tag}")
     with warnings.catch_warnings(record=True) as caught:
         transformed = transform(loaded)
@@ -43,7 +49,7 @@ def transform_and_save(out: Output, *, model: str, output: str | None, tag: str,
         out.warn(str(warning.message))
     result = report(transformed, baseline=loaded.model, example_inputs=example_inputs(loaded, shape))
     out.show(result)
-    size = save_model(transformed, target, arch=loaded.arch, force=force)
+    size = save_model(transformed, target, arch=loaded.arch, force=force, format=kind)
     out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
     payload = result.to_dict()
     payload["output"] = {"path": target, "bytes": size}

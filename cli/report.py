@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from surgeon.cli.failures import run_guarded
-from surgeon.cli.models import build_arch, example_inputs, load_model
+from surgeon.cli.models import example_inputs, load_model
 from surgeon.cli.options import (
     ArchOption,
     InputShapeOption,
@@ -20,7 +20,7 @@ from surgeon.cli.output import Output
 
 
 def report_command(
-    model: Annotated[str, typer.Argument(help="Model file, or example:NAME for a built-in architecture.")],
+    model: Annotated[str, typer.Argument(help="Model file, Hugging Face folder, or example:NAME.")],
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="Original model to compare with (file or example:NAME); defaults to the original "
                            "architecture of a surgeon checkpoint.")] = None,
@@ -43,8 +43,8 @@ def report_command(
         loaded = load_model(model, arch=arch, trust=trust)
         if baseline is not None:
             reference = load_model(baseline, arch=arch, trust=trust).model
-        elif loaded.kind == "checkpoint" and loaded.arch:
-            reference = build_arch(loaded.arch)
+        elif loaded.original is not None:   # a surgeon checkpoint or folder: the model before its surgery
+            reference = loaded.original()
         else:
             reference = None
         result = report(loaded.model, baseline=reference,

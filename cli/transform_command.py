@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Annotated, Any
 
+import typer
 from torch import nn
 
 from surgeon.cli.failures import run_guarded
+from surgeon.cli.files import FORMATS
 from surgeon.cli.options import (
     ArchOption,
     ExcludeOption,
@@ -30,9 +33,16 @@ from surgeon.cli.options import (
 from surgeon.cli.output import Output
 from surgeon.cli.pipeline import transform_and_save
 
+OutputFormat = Enum("OutputFormat", {name: name for name in FORMATS}, type=str)
+FormatOption = Annotated[OutputFormat | None, typer.Option(
+    "--format", "-f", help="safetensors (a checkpoint file) or hf (a Hugging Face folder: config.json, "
+                           "model.safetensors, recipe). Default: from -o (a path ending in / is a folder), "
+                           "else safetensors.")]
+
 # (name, typer annotation, default) of the options every transform command takes, after its own.
 SHARED_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("output", OutputOption, None), ("include", IncludeOption, None), ("exclude", ExcludeOption, None),
+    ("output", OutputOption, None), ("format", FormatOption, None), ("include", IncludeOption, None),
+    ("exclude", ExcludeOption, None),
     ("arch", ArchOption, None), ("trust", TrustOption, False), ("input_shape", InputShapeOption, None),
     ("force", ForceOption, False), ("quiet", QuietOption, False), ("as_json", JsonOption, False),
 )
@@ -66,7 +76,7 @@ def transform_command(body: Callable[..., TransformJob]) -> Callable[..., None]:
             selection = {"include": regex_union(common["include"]), "exclude": regex_union(common["exclude"])}
             transform_and_save(out, model=values["model"], output=common["output"], tag=job.tag, arch=common["arch"],
                                trust=common["trust"], force=common["force"], input_shape=common["input_shape"],
-                               targets=job.targets,
+                               targets=job.targets, format=common["format"] and common["format"].value,
                                transform=lambda loaded: job.apply(loaded.model, **selection))
 
         run_guarded(out, action)

@@ -257,3 +257,50 @@ def test_folder_output_honours_the_umask(umask: int, folder_mode: int, file_mode
     assert {(tmp_path / "o" / name).stat().st_mode & 0o777 for name in os.listdir(tmp_path / "o")} == {file_mode}
 
 
+
+
+# --- the folder placement itself (surgeon.io.atomic) --------------------------------------------------------------
+
+
+def write_two_files(folder: str) -> None:
+    Path(folder, "a.json").write_text("{}")
+    Path(folder, "b.bin").write_bytes(b"new")
+
+
+def test_an_interrupted_folder_write_leaves_nothing(tmp_path: Path) -> None:
+    from surgeon.io.atomic import write_folder_atomically
+
+    def interrupted(folder: str) -> None:
+        write_two_files(folder)
+        raise KeyboardInterrupt   # what a signal raises mid-write (a BaseException)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(tmp_path / "new", interrupted, overwrite=False)
+    assert not os.listdir(tmp_path)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(tmp_path / "old", interrupted, overwrite=True)
+    assert folder_state(tmp_path) == {"old": "folder", "old/keep": folder_state(tmp_path)["old/keep"]}
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "without-renameat2"])
+def test_folder_placement_never_merges_and_force_swaps(renameat2: bool, tmp_path: Path, monkeypatch) -> None:
+    from surgeon.io import atomic
+    from surgeon.io.atomic import _rename_noreplace, write_folder_atomically
+
+    if not renameat2:   # a libc or file system without it: the mkdir / two-rename fallbacks
+        monkeypatch.setattr(atomic, "_renameat2", lambda tmp, path, flags: None)
+    (tmp_path / "o").mkdir()             # even an empty folder, which a plain rename would replace
+    with pytest.raises(FileExistsError):
+        write_folder_atomically(tmp_path / "o", write_two_files, overwrite=False)
+    assert os.listdir(tmp_path) == ["o"] and not os.listdir(tmp_path / "o")
+    (tmp_path / "o" / "stale").write_text("x")
+    write_folder_atomically(tmp_path / "o", write_two_files, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["o"] and sorted(os.listdir(tmp_path / "o")) == ["a.json", "b.bin"]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("moved")
+    with pytest.raises(FileExistsError):
+        _rename_noreplace(str(tmp_path / "src"), str(tmp_path / "o"))
+    _rename_noreplace(str(tmp_path / "src"), str(tmp_path / "dst"))
+    assert (tmp_path / "dst" / "f").read_text() == "moved" and not (tmp_path / "src").exists()

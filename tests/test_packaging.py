@@ -41,9 +41,11 @@ def _source_packages() -> set[str]:
 
 
 def _third_party_paths() -> list[str]:
-    """This interpreter's site-packages folders (never the checkout, whose editable install is not wanted)."""
+    """This interpreter's site-packages folders. They may lie inside the checkout (CI's ``.venv``); the editable
+    install's finder there stays inactive, because a folder added by a ``.pth`` line has its own ``.pth`` files
+    ignored, so ``surgeon`` can only come from the wheel."""
     paths = [p for p in sys.path if "site-packages" in p and os.path.isdir(p)]
-    return [p for p in dict.fromkeys(paths) if not Path(p).resolve().is_relative_to(ROOT)]
+    return list(dict.fromkeys(paths))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="venv layout of POSIX systems")

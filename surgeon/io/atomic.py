@@ -18,8 +18,9 @@ import ctypes
 import errno
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
@@ -34,9 +35,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *,
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".surgeon-", suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        with _signals_deferred():
+            fd, tmp = tempfile.mkstemp(prefix=".surgeon-", suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
+            os.close(fd)
         try:
             write(tmp)
             os.chmod(tmp, 0o666 & ~current_umask())
@@ -49,8 +52,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *,
             raise
         _place(tmp, path, overwrite=overwrite)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
 
 def write_folder_atomically(path: str | os.PathLike, write: Callable[[str], object], *, overwrite: bool = True) -> None:
@@ -63,8 +67,10 @@ def write_folder_atomically(path: str | os.PathLike, write: Callable[[str], obje
     """
     path = os.fspath(path).rstrip(os.sep) or os.sep
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=".surgeon-", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        with _signals_deferred():
+            tmp = tempfile.mkdtemp(prefix=".surgeon-", suffix=".tmp", dir=directory)
         try:
             write(tmp)
             os.chmod(tmp, 0o777 & ~current_umask())
@@ -78,7 +84,23 @@ def write_folder_atomically(path: str | os.PathLike, write: Callable[[str], obje
         else:
             _rename_noreplace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a temporary path is created and its name stored: an interrupt handler that raises
+    between the file's creation and the assignment would leave a file nobody knows to remove."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync_tree(folder: str) -> None:

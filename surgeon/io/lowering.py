@@ -41,8 +41,8 @@ from torch import nn
 
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
-from surgeon.ops.acdc import apply_activation
 from surgeon.ops.hadamard import kronecker_split
+from surgeon.primitives import activation_spec
 
 # Cost model for choosing the Cooley–Tukey factors, in multiply-add equivalents per element per transform: a
 # real→complex first level costs 2·f, a complex middle level 4·f, the complex→real last level 2·f, with f
@@ -248,7 +248,7 @@ class LoweredACDC(nn.Module):
                 h = h + self.b[k]
             w = self._dct_adjoint(h, tables)
             if k < self.depth - 1:
-                w = apply_activation(w, self.activation)            # elementwise, so it commutes with the gather
+                w = activation_spec(self.activation).apply(w)            # elementwise, so it commutes with the gather
                 if self.composed:
                     w = gather_last(w, gathers[k + 1])
                 v = w * self.a[k + 1]

@@ -28,9 +28,9 @@ import torch
 from surgeon.errors import KernelFallbackWarning
 from surgeon.ops.acdc import acdc_cascade_backward as _acdc_bwd_ref
 from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
-from surgeon.ops.acdc import canonical_activation
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import fwht
+from surgeon.primitives import canonical_activation, compute_dtype, kernel_supported
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
@@ -62,8 +62,7 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", n: int | None = None
     if choice == "torch":
         return "torch"
     n = x.shape[-1] if n is None else n
-    from_size = 16 <= n <= 16384 and n & (n - 1) == 0 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    if not from_size:
+    if not kernel_supported(n, x.dtype):
         return "torch"
     if choice == "auto":
         return "triton" if x.is_cuda and _triton_importable() else "torch"
@@ -109,10 +108,6 @@ def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType
         return None
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _owned(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """``t`` reshaped to ``shape`` as a tensor that is not a view.
 
@@ -140,7 +135,7 @@ def _acdc_cascade_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
         out = _on_kernels("acdc_cascade", x, lambda acdc, _: acdc.acdc_cascade_forward(rows, a, d, b, perms,
                                                                                          activation))
     if out is None:
-        c = _compute_dtype(x.dtype)
+        c = compute_dtype(x.dtype)
         out = _acdc_fwd_ref(rows.to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms, activation)
     return _owned(out.to(x.dtype), x.shape)
 
@@ -161,7 +156,7 @@ def _acdc_cascade_backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tens
         grads = _on_kernels("acdc_cascade_backward", x,
                             lambda acdc, _: acdc.acdc_cascade_backward(grows, rows, a, d, b, perms, activation))
     if grads is None:
-        c = _compute_dtype(x.dtype)
+        c = compute_dtype(x.dtype)
         grads = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
                               None if b is None else b.to(c), perms, activation)
     dx, da, dd, db = grads
@@ -258,7 +253,7 @@ def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tens
 def _fastfood_backward_torch(grad, x, scale, gauss, binary, perm):
     """Eq. 3.13 with Ĥ symmetric, recomputing ``u = Ĥ B x`` and ``q = Ĥ G Π u`` from ``x``."""
     blocks, n = scale.shape
-    c = _compute_dtype(x.dtype)
+    c = compute_dtype(x.dtype)
     rows = x.reshape(-1, 1, n).to(c)
     g = grad.reshape(rows.shape[0], blocks, n).to(c)
     s, ga, bi = scale.to(c), gauss.to(c), binary.to(c)

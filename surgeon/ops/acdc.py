@@ -28,8 +28,9 @@ import torch
 from surgeon.ops.dct import transform_
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
 
-__all__ = ["ACTIVATIONS", "RecomputingCascade", "acdc_cascade_backward", "acdc_cascade_forward", "acdc_cascade_ref",
-           "acdc_factor_ref", "canonical_activation"]
+__all__ = ["ACTIVATIONS", "RecomputingCascade", "acdc_cascade_backward", "acdc_cascade_backward_saved",
+           "acdc_cascade_forward", "acdc_cascade_forward_saving", "acdc_cascade_ref", "acdc_factor_ref",
+           "canonical_activation", "cascade_gradients"]
 
 
 def _permute_columns(y: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,6 +93,34 @@ def _recompute(x, a, d, b, perms, activation):
     return inputs, spectra
 
 
+def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                                perms: torch.Tensor | None, activation: str):
+    """Forward that keeps what the backward needs, so that it recomputes nothing (``recompute=False``).
+
+    x (M, N) -> ``(y, inside, spectra)``: the output (M, N), every factor's input but the first
+    ``inside = (z_1, ..., z_{K-1})`` (K-1, M, N), and every factor's spectrum ``h2_k = C(z_k ⊙ a_k)`` (K, M, N):
+    2K-1 extra rows of N per input row, against none for the recomputing forward.
+    """
+    depth = a.shape[0]
+    activate_ = activation_spec(activation).apply_
+    with torch.no_grad():
+        inside = x.new_empty((depth - 1, *x.shape))
+        spectra = x.new_empty((depth, *x.shape))
+        y = torch.empty_like(x)
+        for k in range(depth):
+            h2 = transform_(torch.mul(x if k == 0 else inside[k - 1], a[k], out=spectra[k]), 2)
+            last = k == depth - 1
+            target = inside[k] if not last and perms is None else y
+            spectrum = torch.mul(h2, d[k], out=target) if b is None else torch.addcmul(b[k], h2, d[k], out=target)
+            transform_(spectrum, 3)
+            if last:
+                break
+            activate_(target)
+            if perms is not None:
+                _permute_columns(y, perms[k], out=inside[k])
+    return y, inside, spectra
+
+
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
                           b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
     """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
@@ -99,23 +128,44 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Each factor's recomputed
     intermediates are reused as scratch once its gradients are taken.
     """
+    with torch.no_grad():
+        inputs, spectra = _recompute(x, a, d, b, perms, activation)
+    return cascade_gradients(grad, inputs, spectra, a, d, b, perms, activation, overwrite=True)
+
+
+def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, spectra: torch.Tensor,
+                                a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
+                                activation: str):
+    """Gradients from what :func:`acdc_cascade_forward_saving` kept; the saved tensors are left intact."""
+    return cascade_gradients(grad, [x, *inside.unbind(0)], list(spectra.unbind(0)), a, d, b, perms, activation,
+                             overwrite=False)
+
+
+def cascade_gradients(grad: torch.Tensor, inputs: list[torch.Tensor], spectra: list[torch.Tensor], a: torch.Tensor,
+                      d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None, activation: str,
+                      overwrite: bool):
+    """Eqs. 3.28–3.32, last factor first, from every factor's input ``inputs[k] = z_k`` and spectrum
+    ``spectra[k] = C(z_k ⊙ a_k)``. ``overwrite``: those (except ``z_0``) may serve as scratch; else two scratch
+    rows are allocated and they stay untouched. Returns ``(dx, da, dd, db)``."""
     depth = a.shape[0]
     slope_ = activation_spec(activation).slope_
     with torch.no_grad():
-        inputs, spectra = _recompute(x, a, d, b, perms, activation)
         inverse = None if perms is None else torch.argsort(perms, dim=-1)
         grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)
         grad_b = None if b is None else torch.empty_like(b)
         g = grad.clone()
+        spare = None if overwrite else (torch.empty_like(g), torch.empty_like(g))
         for k in range(depth - 1, -1, -1):
+            z = inputs[k]
+            scratch = spectra[k] if spare is None else spare[0]
             transform_(g, 2)                                  # g3 = C g
             if grad_b is not None:
                 torch.sum(g, 0, out=grad_b[k])
-            torch.sum(spectra[k].mul_(g), 0, out=grad_d[k])   # Σ h2 ⊙ g3
+            torch.sum(torch.mul(spectra[k], g, out=scratch), 0, out=grad_d[k])   # Σ h2 ⊙ g3
             transform_(g.mul_(d[k]), 3)                       # g1 = Cᵀ(d ⊙ g3)
-            z = inputs[k]
-            slope = None if k == 0 or slope_ is None else slope_(z, spectra[k])  # act'(y) from z = act(y)
-            torch.sum(torch.mul(z, g, out=z if k > 0 else None), 0, out=grad_a[k])  # Σ z ⊙ g1
+            slope = None if k == 0 or slope_ is None else slope_(z, scratch)  # act'(y) from z = act(y)
+            product = (z if k > 0 else None) if spare is None else spare[1]
+            torch.sum(torch.mul(z, g, out=product), 0, out=grad_a[k])  # Σ z ⊙ g1
             g.mul_(a[k])                                      # ∂L/∂z = a ⊙ g1
             if k == 0:
                 break
@@ -123,7 +173,8 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
             if slope is not None:
                 g.mul_(slope)
             if inverse is not None:
-                g = _permute_columns(g, inverse[k - 1], out=spectra[k])
+                g, free = _permute_columns(g, inverse[k - 1], out=scratch), g
+                spare = None if spare is None else (free, spare[1])
     return g, grad_a, grad_d, grad_b
 
 

@@ -1,0 +1,42 @@
+"""The CPU speed paths compute the same maps: the dense small-N DCT and the fp16 ONNX files (oracles: scipy,
+torch in fp16, onnxruntime)."""
+
+import onnxruntime as ort
+import pytest
+import scipy.fft
+import torch
+from torch import nn
+
+from surgeon.io.onnx_export import export_onnx
+from surgeon.layers import ACDCLinear, FastfoodLinear
+from surgeon.ops.dct import DENSE_DCT_MAX_N, transform_
+
+
+@pytest.mark.parametrize("n", [16, 100, DENSE_DCT_MAX_N, 2 * DENSE_DCT_MAX_N])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_transform_matches_scipy_on_both_sides_of_the_crossover(n, dtype):
+    x = torch.randn(7, n, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for kind, oracle in ((2, scipy.fft.dct), (3, scipy.fft.idct)):
+        buffer = x.clone()
+        out = transform_(buffer, kind)
+        assert out.data_ptr() == buffer.data_ptr()
+        expected = torch.from_numpy(oracle(x.double().numpy(), type=2, norm="ortho", axis=-1))
+        torch.testing.assert_close(buffer.double(), expected, rtol=tol, atol=tol)
+
+
+def test_fp16_export_halves_the_numbers_and_matches_torch_fp16(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(ACDCLinear(1000, 1024, depth=6), nn.ReLU(), FastfoodLinear(1024, 512), nn.Linear(512, 10))
+    x = torch.randn(5, 1000)
+    full = export_onnx(model, x, tmp_path / "fp32.onnx")
+    half = export_onnx(model, x, tmp_path / "fp16.onnx", dtype=torch.float16)
+    assert half.passed and half.max_rel_error <= 1e-2 and half.tolerance == 1e-2
+    assert half.file_bytes < 0.7 * full.file_bytes
+    assert model[0].a.dtype == torch.float32  # the caller's model is not converted
+    session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    got = torch.from_numpy(session.run(None, {"input_0": x.half().numpy()})[0]).float()
+    with torch.no_grad():
+        reference = model(x)  # the fp32 model: fp16 storage costs at most a few 1e-3 relative
+    assert ((got - reference).abs().max() / reference.abs().max()).item() < 1e-2

@@ -40,3 +40,25 @@ def test_fp16_export_halves_the_numbers_and_matches_torch_fp16(tmp_path):
     with torch.no_grad():
         reference = model(x)  # the fp32 model: fp16 storage costs at most a few 1e-3 relative
     assert ((got - reference).abs().max() / reference.abs().max()).item() < 1e-2
+
+
+def test_cascade_on_many_rows_hands_threads_to_pocketfft_and_gives_them_back():
+    from surgeon.ops.acdc import acdc_cascade_ref
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = ACDCLinear(512, 512, depth=3, activation="tanh")
+        x = torch.randn(128, 512, requires_grad=True)  # 2^16 elements: above the serial threshold
+        y = layer(x)
+        y.square().sum().backward()
+        assert torch.get_num_threads() == 2
+        x64 = x.detach().double().requires_grad_()
+        params = [p.detach().double().requires_grad_() for p in (layer.a, layer.d, layer.b)]
+        expected = acdc_cascade_ref(x64, *params, layer.perms, "tanh")
+        expected.square().sum().backward()
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer.d.grad.double(), params[1].grad, rtol=1e-3, atol=1e-3)
+    finally:
+        torch.set_num_threads(previous)

@@ -76,15 +76,21 @@ def _target(n: int, batch: int, layer: str) -> float | None:
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calling them round-robin ``repeats`` times."""
+    """Median seconds per call of each function, calling them round-robin ``repeats`` times.
+
+    The order rotates every round: a call right after a multi-threaded one pays for the idle threads that are
+    still spinning, and rotating spreads that cost over every candidate instead of always the same one.
+    """
     for fn in calls.values():
         for _ in range(warmup):
             fn()
+    names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            fn()
+            calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
 

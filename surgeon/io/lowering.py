@@ -126,13 +126,11 @@ class LoweredACDC(nn.Module):
         with torch.no_grad():
             order = makhoul_order(n)
             inverse = torch.argsort(order)
-            sigma = self._sample_layout()        # working position q holds Makhoul sample sigma[q]
-            sigma_inv = torch.argsort(sigma)
             freq = self._frequencies(self.factors)
             eps = torch.ones(n, dtype=torch.float64)
             eps[0] = 1 / math.sqrt(2.0)
             a = layer.a.detach()
-            self.register_buffer("a", a[:, order[sigma]].clone())
+            self.register_buffer("a", a[:, order].clone())
             d = layer.d.detach().double() * eps.square()
             self.register_buffer("d", d[:, freq].to(a.dtype).contiguous())
             if layer.b is not None:
@@ -141,23 +139,15 @@ class LoweredACDC(nn.Module):
             else:
                 self.register_buffer("b", None)
             # Between factors k and k+1: v_{k+1} = act(w_k)[order⁻¹[Π_k[order]]] (w_k is in Makhoul order).
-            steps = [order[sigma]]
+            steps = [order]
             if layer.perms is not None:
-                steps += [sigma_inv[inverse[perm.cpu()[order[sigma]]]] for perm in layer.perms]
+                steps += [inverse[perm.cpu()[order]] for perm in layer.perms]
             self.composed = layer.perms is not None
-            steps.append(torch.cat([sigma_inv[inverse[: layer.out_features]],
+            steps.append(torch.cat([inverse[: layer.out_features],
                                     torch.zeros(n - layer.out_features, dtype=torch.long)]))
             self.register_buffer("gathers", _index_buffer(torch.stack(steps), n).to(a.device))
             longest = max(max(self.factors), n // self.factors[0])
             self.register_buffer("index", torch.arange(longest, dtype=torch.float64, device=a.device))
-
-    def _sample_layout(self) -> torch.Tensor:
-        """The order in which the transform takes (and returns) the Makhoul-ordered samples: as they come."""
-        return torch.arange(self.size)
-
-    def _spectral(self, row: torch.Tensor) -> torch.Tensor:
-        """A (N,) spectral-layout row shaped to broadcast against :meth:`_dct`'s output."""
-        return row
 
     @staticmethod
     def _frequencies(factors: tuple[int, ...]) -> torch.Tensor:
@@ -255,9 +245,9 @@ class LoweredACDC(nn.Module):
             rows = nn.functional.pad(rows, (0, n - self.in_features))
         v = gather_last(rows, gathers[0]) * a[0]
         for k in range(self.depth):
-            h = self._dct(v, tables) * self._spectral(d[k])
+            h = self._dct(v, tables) * d[k]
             if b is not None:
-                h = h + self._spectral(b[k])
+                h = h + b[k]
             w = self._dct_adjoint(h, tables)
             if k < self.depth - 1:
                 w = activation_spec(self.activation).apply(w)            # elementwise, so it commutes with the gather
@@ -268,66 +258,6 @@ class LoweredACDC(nn.Module):
                 v = w
         out = gather_last(v, gathers[-1][: self.out_features])
         return out.reshape(*lead, self.out_features).to(x.dtype)
-
-
-class LoweredACDCBatched(LoweredACDC):
-    """:class:`LoweredACDC` with a two-level DFT (N = f·R) written as three large GEMM calls per transform.
-
-    The twiddles of the chain form are folded into the second level's matrices, one (2R × R) real matrix per
-    first-level frequency k1, so a transform is one ``MatMul`` (all rows × f) @ (f × 2f), one ``Transpose`` that
-    brings k1 to the front, and one batched ``MatMul`` (f matrices, all rows × 2R) @ (2R × R): no elementwise
-    complex arithmetic at all, and every GEMM sees every row of the batch at once. The samples are kept
-    transposed, position ``q = n2·f + n1`` holding sample ``R·n1 + n2``, which the composed gathers absorb; the
-    spectrum is (f, rows, R), frequency ``k1 + f·k2`` at ``[k1, :, k2]``. The in-graph tables hold 2N·R + 2f²
-    numbers (file size unchanged).
-    """
-
-    def __init__(self, layer: ACDCLinear, factors: tuple[int, int] | None = None) -> None:
-        factors = tuple(factors) if factors is not None else batched_factors(layer.size)
-        if len(factors) != 2:
-            raise ValueError(f"the batched lowering takes two factors, got {factors}")
-        super().__init__(layer, factors)
-
-    def _sample_layout(self) -> torch.Tensor:
-        f, r = self.factors
-        q = torch.arange(self.size)
-        return r * (q % f) + q // f
-
-    def _spectral(self, row: torch.Tensor) -> torch.Tensor:
-        f, r = self.factors
-        return row.reshape(f, 1, r)
-
-    def _tables(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
-        """``F1s`` (f, 2f) = √(2/N)[cos | −sin](2π n1 k1 / f) and ``Gs`` (f, 2R, R) = [cos θ; sin θ] with
-        θ[k1, n2, k2] = 2π n2 k2 / R + 2π n2 k1 / N + π (k1 + f k2) / 2N (twiddle and DCT phase folded)."""
-        n, (f, r) = self.size, self.factors
-        i1, i2 = self.index[:f], self.index[:r]
-        ang = (2 * math.pi / f) * i1.unsqueeze(1) * i1.unsqueeze(0)
-        first = math.sqrt(2.0 / n) * torch.cat([torch.cos(ang), -torch.sin(ang)], 1)
-        k1, n2, k2 = i1.reshape(f, 1, 1), i2.reshape(1, r, 1), i2.reshape(1, 1, r)
-        theta = (2 * math.pi / r) * n2 * k2 + (2 * math.pi / n) * n2 * k1 + (math.pi / (2 * n)) * (k1 + f * k2)
-        # rows of the second table interleaved (n2, re/im), matching the first level's output after its transpose
-        second = torch.stack([torch.cos(theta), torch.sin(theta)], 2).reshape(f, 2 * r, r)
-        return [(first.to(dtype), second.to(dtype))]
-
-    def _dct(self, v: torch.Tensor, tables: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        """Rows (M, N) in the transposed sample layout -> spectrum (f, M, R), ε₀ row scale left out."""
-        (f, r), (first, second) = self.factors, tables[0]
-        parts = (v.reshape(-1, r, f) @ first).reshape(-1, 2 * r, f)           # (M, (n2, re|im), k1)
-        # a plain 2-D transpose (M·2R, f) -> (f, M·2R): onnxruntime's fast path, unlike general permutations
-        return parts.permute(2, 0, 1) @ second                                # (k1, M, k2)
-
-    def _dct_adjoint(self, h: torch.Tensor, tables: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        """The transpose of :meth:`_dct`: spectrum (f, M, R) -> rows (M, N) in the transposed sample layout."""
-        (f, r), (first, second) = self.factors, tables[0]
-        parts = (h @ second.transpose(1, 2)).permute(1, 2, 0)                 # (M, (n2, re|im), k1)
-        return (parts.reshape(-1, r, 2 * f) @ first.transpose(0, 1)).reshape(-1, self.size)
-
-
-def batched_factors(n: int) -> tuple[int, int]:
-    """The most balanced split N = f·R with f ≥ R (for a power of two, f = 2^⌈log2(N)/2⌉)."""
-    r = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
-    return n // r, r
 
 
 class LoweredFastfood(nn.Module):

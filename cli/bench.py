@@ -104,7 +104,7 @@ def bench_command(
             if inference:
                 from surgeon.bench.inference import BATCHES, SIZES, THREADS, bench_inference
 
-                results = bench_inference(size_list or SIZES, parse_sizes(batches) if batches else BATCHES,
+                results = bench_inference(size_list or SIZES, _batches(batches) if batches else BATCHES,
                                           repeats=repeats, on_case=note)
                 title = (f"Inference, fp32, CPU, {THREADS} threads in torch and onnxruntime; speed-up over "
                          "nn.Linear(N, N) in the same runtime")
@@ -138,6 +138,16 @@ def bench_command(
         out.data(rows)
 
     run_guarded(out, action)
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 or v > 1 << 16 for v in values):
+        raise UsageError(f"--batches must be comma-separated integers between 1 and 65536, got {text!r}")
+    return values
 
 
 class _null:

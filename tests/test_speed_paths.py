@@ -62,3 +62,23 @@ def test_cascade_on_many_rows_hands_threads_to_pocketfft_and_gives_them_back():
         torch.testing.assert_close(layer.d.grad.double(), params[1].grad, rtol=1e-3, atol=1e-3)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_bench_inference_rows_cover_every_layer_and_runtime():
+    import json
+
+    from typer.testing import CliRunner
+
+    import surgeon
+    from surgeon.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "--inference", "--sizes", "256", "--batches", "1,3", "--repeats", "1",
+                                      "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    layers = {"ACDC-12", "ACDC-4", "Fastfood"} | ({"low-rank"} if hasattr(surgeon, "LowRankLinear") else set())
+    cells = {(r["batch"], r["layer"], r["runtime"]) for r in rows}
+    assert cells == {(b, name, rt) for b in (1, 3) for name in layers for rt in ("torch", "onnxruntime")}
+    for row in rows:
+        assert row["n"] == 256 and row["ms"] > 0 and row["speedup"] == pytest.approx(row["dense_ms"] / row["ms"])
+        assert (row["vs_torch"] is not None) == (row["runtime"] == "onnxruntime")

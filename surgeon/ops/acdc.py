@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from surgeon.ops.dct import threads_to_pocketfft, transform_
+from surgeon.ops.dct import transform_
+from surgeon.ops.threads import serial_on_cached_rows
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
 
 __all__ = ["ACTIVATIONS", "RecomputingCascade", "acdc_cascade_backward", "acdc_cascade_backward_saved",
@@ -53,7 +54,7 @@ def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
     return acdc_cascade_ref(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none")
 
 
-@threads_to_pocketfft
+@serial_on_cached_rows
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                          perms: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
@@ -94,7 +95,7 @@ def _recompute(x, a, d, b, perms, activation):
     return inputs, spectra
 
 
-@threads_to_pocketfft
+@serial_on_cached_rows
 def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                                 perms: torch.Tensor | None, activation: str):
     """Forward that keeps what the backward needs, so that it recomputes nothing (``recompute=False``).
@@ -123,7 +124,7 @@ def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tenso
     return y, inside, spectra
 
 
-@threads_to_pocketfft
+@serial_on_cached_rows
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
                           b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
     """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
@@ -136,7 +137,7 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     return cascade_gradients(grad, inputs, spectra, a, d, b, perms, activation, overwrite=True)
 
 
-@threads_to_pocketfft
+@serial_on_cached_rows
 def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, spectra: torch.Tensor,
                                 a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
                                 activation: str):

@@ -17,20 +17,19 @@ inputs (fp16/bf16) are transformed in fp32 and cast back.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import math
 import os
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import scipy.fft
 import torch
 
+from surgeon.ops.threads import pocketfft_workers
 from surgeon.primitives import compute_dtype, dct_matrix
 
-__all__ = ["dct", "dct_matrix", "idct", "resolve_engine", "threads_to_pocketfft", "transform_"]
+__all__ = ["dct", "dct_matrix", "idct", "resolve_engine", "transform_"]
 
 Engine = Literal["auto", "scipy", "torch"]
 
@@ -59,44 +58,8 @@ def resolve_engine(x: torch.Tensor, engine: Engine = "auto") -> str:
     return engine
 
 
-_POCKETFFT_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("pocketfft_workers", default=None)
-
-
 def _workers() -> int:
-    return _POCKETFFT_WORKERS.get() or max(1, torch.get_num_threads())
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-_SERIAL_ELEMENTS, _CACHED_ELEMENTS = 2**15, 2**19
-
-
-def threads_to_pocketfft(fn: F) -> F:
-    """Run ``fn`` (whose first argument is a tensor) with torch single-threaded and pocketfft on torch's threads.
-
-    Why: after every parallel region torch's OpenMP threads busy-wait for the next one, and a cascade alternates
-    elementwise torch ops with pocketfft calls that start their own worker threads; the spinning threads starve
-    pocketfft's. Measured on 2 cores (64 × 4096 rows, depth 12): 1.8× (OMP_WAIT_POLICY=PASSIVE) to 5× (spinning)
-    faster forward. Only for cache-resident rows (2^15 < elements ≤ 2^19), where elementwise passes gain little
-    from a second thread.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        threads = torch.get_num_threads()
-        # Small: torch would not start its threads anyway. Large: rows beyond the L2 cache make the elementwise
-        # passes memory-bound, and two threads stream them faster than one.
-        sized = _SERIAL_ELEMENTS < x.numel() <= _CACHED_ELEMENTS
-        if x.device.type != "cpu" or threads == 1 or not sized or _POCKETFFT_WORKERS.get() is not None:
-            return fn(x, *args, **kwargs)
-        token = _POCKETFFT_WORKERS.set(threads)
-        torch.set_num_threads(1)
-        try:
-            return fn(x, *args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-            _POCKETFFT_WORKERS.reset(token)
-
-    return wrapper  # type: ignore[return-value]
+    return pocketfft_workers() or max(1, torch.get_num_threads())
 
 
 def _scipy_transform(x: torch.Tensor, kind: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from surgeon.ops.acdc import acdc_cascade_backward_saved, acdc_cascade_forward_s
 from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import fwht
+from surgeon.ops.threads import serial_on_cached_rows
 from surgeon.primitives import canonical_activation, compute_dtype, kernel_supported
 
 Backend = Literal["auto", "triton", "torch"]
@@ -310,6 +311,7 @@ def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tens
     return _fastfood_backward_torch(grad, x, scale, gauss, binary, perm)
 
 
+@serial_on_cached_rows
 def _fastfood_backward_torch(grad, x, scale, gauss, binary, perm):
     """Eq. 3.13 with Ĥ symmetric, recomputing ``u = Ĥ B x`` and ``q = Ĥ G Π u`` from ``x``."""
     blocks, n = scale.shape

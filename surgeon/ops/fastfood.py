@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 
 from surgeon.ops.hadamard import fwht
+from surgeon.ops.threads import serial_on_cached_rows
 from surgeon.primitives import compute_dtype
 
 
+@serial_on_cached_rows
 def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor,
                  perm: torch.Tensor) -> torch.Tensor:
     """Apply ``n_blocks`` stacked Fastfood transforms to x (..., d) -> (..., n_blocks * d).

@@ -131,7 +131,11 @@ def bench_command(
                                         depth=depth or 1)
                 title = f"CUDA kernels, batch {batch or 4096}, depth {depth or 1} ({gpu_description()})"
         rows = [r.to_dict() for r in results]
-        if markdown:
+        if markdown and inference:
+            from surgeon.bench.inference import speedup_table
+
+            out.info(f"{title}\n\n{speedup_table(results)}")
+        elif markdown:
             out.info(f"{title}\n\n{rows_markdown(rows)}")
         else:
             out.show(rows_table(title, rows))

@@ -158,3 +158,24 @@ def bench_inference(sizes: Sequence[int] = SIZES, batches: Sequence[int] = BATCH
     finally:
         torch.set_num_threads(previous)
     return rows
+
+
+def speedup_table(rows: Sequence[InferenceRow]) -> str:
+    """The rows as one Markdown table: a line per (N, layer), the speed-up over dense per runtime and batch, and
+    the dense layer's ms per cell underneath."""
+    runtimes = [rt for rt in RUNTIMES if any(r.runtime == rt for r in rows)]
+    batches = sorted({r.batch for r in rows})
+    cells = {(r.n, r.layer, r.runtime, r.batch): r for r in rows}
+    columns = [(rt, b) for rt in runtimes for b in batches]
+    head = "| N | layer | " + " | ".join(f"{rt} b{b}" for rt, b in columns) + " |"
+    lines = [head, "|" + "---|" * (2 + len(columns))]
+    keys = list(dict.fromkeys((r.n, r.layer) for r in rows))
+    for n, layer in keys:
+        values = [cells.get((n, layer, rt, b)) for rt, b in columns]
+        lines.append(f"| {n} | {layer} | " + " | ".join("" if v is None else f"×{v.speedup:.2f}" for v in values)
+                     + " |")
+        if layer == keys[-1][1] or keys[keys.index((n, layer)) + 1][0] != n:
+            dense = [next((r.dense_ms for r in rows if (r.n, r.runtime, r.batch) == (n, rt, b)), None)
+                     for rt, b in columns]
+            lines.append(f"| {n} | dense ms | " + " | ".join("" if v is None else f"{v:.3g}" for v in dense) + " |")
+    return "\n".join(lines)

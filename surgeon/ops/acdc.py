@@ -101,14 +101,16 @@ def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tenso
     """Forward that keeps what the backward needs, so that it recomputes nothing (``recompute=False``).
 
     x (M, N) -> ``(y, inside, spectra)``: the output (M, N), every factor's input but the first
-    ``inside = (z_1, ..., z_{K-1})`` (K-1, M, N), and every factor's spectrum ``h2_k = C(z_k ⊙ a_k)`` (K, M, N):
-    2K-1 extra rows of N per input row, against none for the recomputing forward.
+    ``inside = [z_1, ..., z_{K-1}]`` and every factor's spectrum ``spectra = [h2_k = C(z_k ⊙ a_k)]``, each (M, N):
+    2K-1 extra rows of N per input row, against none for the recomputing forward. One tensor per factor rather
+    than one stack: blocks of a few MB are recycled by the allocator, a stack of ~100 MB is mapped afresh (and
+    page-faulted) at every step.
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
     with torch.no_grad():
-        inside = x.new_empty((depth - 1, *x.shape))
-        spectra = x.new_empty((depth, *x.shape))
+        inside = [torch.empty_like(x) for _ in range(depth - 1)]
+        spectra = [torch.empty_like(x) for _ in range(depth)]
         y = torch.empty_like(x)
         for k in range(depth):
             h2 = transform_(torch.mul(x if k == 0 else inside[k - 1], a[k], out=spectra[k]), 2)
@@ -138,12 +140,11 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
 
 
 @serial_on_cached_rows
-def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, spectra: torch.Tensor,
-                                a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
-                                activation: str):
+def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: list[torch.Tensor],
+                                spectra: list[torch.Tensor], a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                                perms: torch.Tensor | None, activation: str):
     """Gradients from what :func:`acdc_cascade_forward_saving` kept; the saved tensors are left intact."""
-    return cascade_gradients(grad, [x, *inside.unbind(0)], list(spectra.unbind(0)), a, d, b, perms, activation,
-                             overwrite=False)
+    return cascade_gradients(grad, [x, *inside], list(spectra), a, d, b, perms, activation, overwrite=False)
 
 
 def cascade_gradients(grad: torch.Tensor, inputs: list[torch.Tensor], spectra: list[torch.Tensor], a: torch.Tensor,

@@ -192,7 +192,8 @@ _acdc_cascade_op.register_autograd(_acdc_backward, setup_context=_acdc_setup)
 # takes them instead of recomputing them. Saved in the compute dtype: (2K-1)·M·N numbers per call.
 @torch.library.custom_op("surgeon::acdc_cascade_saving", mutates_args=())
 def _acdc_saving_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
-                    perms: torch.Tensor | None, activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    perms: torch.Tensor | None,
+                    activation: str) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     c = compute_dtype(x.dtype)
     out, inside, spectra = acdc_cascade_forward_saving(x.reshape(-1, x.shape[-1]).to(c), a.to(c), d.to(c),
                                                        None if b is None else b.to(c), perms, activation)
@@ -203,15 +204,16 @@ def _acdc_saving_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
 def _(x, a, d, b, perms, activation):
     rows = x.reshape(-1, x.shape[-1])
     c = compute_dtype(x.dtype)
-    return (torch.empty_like(x), rows.new_empty((a.shape[0] - 1, *rows.shape), dtype=c),
-            rows.new_empty((a.shape[0], *rows.shape), dtype=c))
+    return (torch.empty_like(x), [rows.new_empty(rows.shape, dtype=c) for _ in range(a.shape[0] - 1)],
+            [rows.new_empty(rows.shape, dtype=c) for _ in range(a.shape[0])])
 
 
 @torch.library.custom_op("surgeon::acdc_cascade_backward_saved", mutates_args=())
-def _acdc_backward_saved_op(grad: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, spectra: torch.Tensor,
-                            a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
+def _acdc_backward_saved_op(grad: torch.Tensor, x: torch.Tensor, inside: list[torch.Tensor],
+                            spectra: list[torch.Tensor], a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                            perms: torch.Tensor | None,
                             activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    c, n = spectra.dtype, x.shape[-1]
+    c, n = spectra[0].dtype, x.shape[-1]
     dx, da, dd, db = acdc_cascade_backward_saved(
         grad.reshape(-1, n).to(c).contiguous(), x.reshape(-1, n).to(c), inside, spectra, a.to(c), d.to(c),
         None if b is None else b.to(c), perms, activation)
@@ -227,12 +229,13 @@ def _(grad, x, inside, spectra, a, d, b, perms, activation):
 
 def _saving_setup(ctx, inputs, output):
     x, a, d, b, perms, activation = inputs
-    ctx.has_bias, ctx.activation = b is not None, activation
-    ctx.save_for_backward(x, output[1], output[2], a, d, b, perms)
+    ctx.has_bias, ctx.activation, ctx.depth = b is not None, activation, a.shape[0]
+    ctx.save_for_backward(x, a, d, b, perms, *output[1], *output[2])
 
 
 def _saving_backward(ctx, grad, _inside_grad, _spectra_grad):
-    x, inside, spectra, a, d, b, perms = ctx.saved_tensors
+    x, a, d, b, perms, *kept = ctx.saved_tensors
+    inside, spectra = kept[: ctx.depth - 1], kept[ctx.depth - 1:]
     dx, da, dd, db = _acdc_backward_saved_op(grad, x, inside, spectra, a, d, b, perms, ctx.activation)
     return dx, da, dd, (db if ctx.has_bias else None), None, None
 

@@ -54,7 +54,8 @@ class ACDCLinear(nn.Module):
         self.size = max(in_features, out_features)
         self.activation = canonical_activation(activation)
         self.permute, self.init_std, self.seed = bool(permute), float(init_std), seed
-        # False: keep each factor's input and spectrum for backward instead of recomputing them (surgeon.ops.dispatch)
+        # False: keep each factor's input and spectrum for backward instead of recomputing them (surgeon.ops.dispatch).
+        # A run-time choice like ``backend``: it changes neither the map nor the parameters, so config() omits it.
         self.recompute = bool(recompute)
         factory = {"device": device, "dtype": dtype}
         self.a = nn.Parameter(torch.empty(depth, self.size, **factory))
@@ -126,8 +127,7 @@ class ACDCLinear(nn.Module):
         """Constructor arguments that rebuild this layer's structure (JSON-serialisable)."""
         return {"in_features": self.in_features, "out_features": self.out_features, "depth": self.depth,
                 "bias": self.b is not None, "activation": None if self.activation == "none" else self.activation,
-                "permute": self.permute, "init_std": self.init_std, "seed": self.seed,
-                **({} if self.recompute else {"recompute": False})}
+                "permute": self.permute, "init_std": self.init_std, "seed": self.seed}
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters())

@@ -69,6 +69,10 @@ def bench_command(
                                                                  "shared memory. Needs no GPU.")] = False,
     gpu_arch: Annotated[int, typer.Option("--gpu-arch", help="With --resources: compute capability, e.g. 90 "
                                                               "(H100), 80 (A100).")] = 90,
+    inference: Annotated[bool, typer.Option("--inference", help="Forward latency of each layer vs nn.Linear in "
+                                                                  "torch and onnxruntime (CPU, 2 threads).")] = False,
+    batches: Annotated[str | None, typer.Option("--batches", help="With --inference: comma-separated batch sizes "
+                                                                   "(default 1,8,64,256).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -80,6 +84,8 @@ def bench_command(
     Example: surgeon bench --device cuda --dtypes fp32,bf16
 
     Example: surgeon bench --resources --gpu-arch 90
+
+    Example: surgeon bench --inference --sizes 4096 --batches 1,64
     """
     out = Output(quiet, as_json)
 
@@ -95,7 +101,14 @@ def bench_command(
                 if status is not None:
                     status.update(f"benchmarking {what}")
 
-            if resources:
+            if inference:
+                from surgeon.bench.inference import BATCHES, SIZES, THREADS, bench_inference
+
+                results = bench_inference(size_list or SIZES, _batches(batches) if batches else BATCHES,
+                                          repeats=repeats, on_case=note)
+                title = (f"Inference, fp32, CPU, {THREADS} threads in torch and onnxruntime; speed-up over "
+                         "nn.Linear(N, N) in the same runtime")
+            elif resources:
                 from surgeon.kernels.resources import kernel_resources
 
                 if status is not None:
@@ -118,13 +131,27 @@ def bench_command(
                                         depth=depth or 1)
                 title = f"CUDA kernels, batch {batch or 4096}, depth {depth or 1} ({gpu_description()})"
         rows = [r.to_dict() for r in results]
-        if markdown:
+        if markdown and inference:
+            from surgeon.bench.inference import speedup_table
+
+            out.info(f"{title}\n\n{speedup_table(results)}")
+        elif markdown:
             out.info(f"{title}\n\n{rows_markdown(rows)}")
         else:
             out.show(rows_table(title, rows))
         out.data(rows)
 
     run_guarded(out, action)
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 or v > 1 << 16 for v in values):
+        raise UsageError(f"--batches must be comma-separated integers between 1 and 65536, got {text!r}")
+    return values
 
 
 class _null:

@@ -1,9 +1,12 @@
 """Triton kernels for the structured layers (installed as ``surgeon.kernels``).
 
-Liger-style layout: ``kernels/<op>.py`` holds the Triton kernels, their host launchers and an
-``autograd.Function``. Use them through :mod:`surgeon.ops.dispatch`, which picks Triton or the pure-torch
-``*_ref`` path per call. Triton decides between compiling and interpreting (``TRITON_INTERPRET=1``) when a kernel
-is *decorated*, i.e. when these modules are imported; :func:`ensure_mode` re-imports them if the setting changed.
+Liger-style layout: ``kernels/<op>.py`` holds the Triton kernels and their host launchers (no autograd: the
+custom ops of :mod:`surgeon.ops.dispatch` register the gradients). Use them through
+:mod:`surgeon.ops.dispatch`, which picks Triton or the pure-torch ``*_ref`` path per call. Triton decides
+between compiling and interpreting (``TRITON_INTERPRET=1``) when a kernel is *decorated*, i.e. when these
+modules are imported; :func:`ensure_mode` re-imports them if the setting changed.
+The kernels import nothing from :mod:`surgeon.ops` (shared definitions live in :mod:`surgeon.primitives`), so
+the dispatcher's import of this package is the only edge between the two.
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ import importlib
 from types import ModuleType
 
 from surgeon.kernels import acdc, acdc_staged, common, fastfood
-from surgeon.kernels.acdc import acdc_cascade_triton, acdc_factor_triton
-from surgeon.kernels.fastfood import fastfood_triton
 
-__all__ = ["acdc", "acdc_cascade_triton", "acdc_factor_triton", "acdc_staged", "common", "ensure_mode", "fastfood",
-           "fastfood_triton"]
+__all__ = ["acdc", "acdc_staged", "common", "ensure_mode", "fastfood"]
 
 
 def ensure_mode() -> tuple[ModuleType, ModuleType]:

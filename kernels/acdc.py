@@ -73,11 +73,10 @@ from surgeon.kernels.common import (
     supported,
     tile_meta,
 )
-from surgeon.ops.acdc import RecomputingCascade
 
 INTERPRET = bool(knobs.runtime.interpret)
 __all__ = ["ACT_CODES", "DENSE_MAX_N", "DENSE_ROWS", "MAX_N", "MIN_N", "acdc_cascade_backward",
-           "acdc_cascade_forward", "acdc_cascade_triton", "acdc_factor_triton", "dct_tables", "split", "supported"]
+           "acdc_cascade_forward", "dct_tables", "split", "supported"]
 
 
 # ----------------------------------------------------------------------------------------------- device code
@@ -393,18 +392,3 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     db = None if b is None else sums[2].to(b.dtype, copy=True)
     return dx, sums[0].to(a.dtype, copy=True), sums[1].to(d.dtype, copy=True), db
 
-
-def acdc_cascade_triton(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
-                        perms: torch.Tensor | None, activation: str = "relu") -> torch.Tensor:
-    """Differentiable fused cascade on x (..., N); a, d, b (K, N); perms (K-1, N) or None -> (..., N)."""
-    n = x.shape[-1]
-    out = RecomputingCascade.apply(x.reshape(-1, n), a, d, b, perms, activation, acdc_cascade_forward,
-                                   acdc_cascade_backward)
-    return out.reshape(x.shape)
-
-
-def acdc_factor_triton(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
-                       b: torch.Tensor | None = None) -> torch.Tensor:
-    """One fused factor ``Cᵀ(C(x ⊙ a) ⊙ d + b)``: x (..., N); a, d, b (N,) -> (..., N). Differentiable."""
-    bias = None if b is None else b.unsqueeze(0)
-    return acdc_cascade_triton(x, a.unsqueeze(0), d.unsqueeze(0), bias, None, "none")

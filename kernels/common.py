@@ -17,20 +17,18 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from surgeon.ops.dct import dct_matrix
+from surgeon.primitives import ACTIVATIONS, KERNEL_DTYPES, KERNEL_MAX_N, KERNEL_MIN_N, dct_matrix, kernel_supported
+from surgeon.primitives.activations import LEAKY_SLOPE
 
 INTERPRET = bool(knobs.runtime.interpret)
-ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2, "tanh": 3, "sigmoid": 4}
-MIN_N, MAX_N = 16, 16384
+ACT_CODES = {name: spec.code for name, spec in ACTIVATIONS.items()}  # the ``ACT`` constexpr of act_fwd/act_slope
+MIN_N, MAX_N = KERNEL_MIN_N, KERNEL_MAX_N
 DENSE_MAX_N = 128
 DENSE_ROWS = 16
 SCRATCH_BUDGET = 256 * 2**20  # bytes of per-program scratch + partial gradients in a backward pass
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def supported(n: int, dtype: torch.dtype) -> bool:
-    """Whether the kernels handle rows of size ``n`` in ``dtype`` (powers of two 16..16384, fp32/bf16/fp16)."""
-    return MIN_N <= n <= MAX_N and n & (n - 1) == 0 and dtype in DTYPES
+DTYPES = KERNEL_DTYPES
+supported = kernel_supported  # the one support rule, shared with the dispatcher (surgeon.primitives.support)
+_LEAKY = tl.constexpr(LEAKY_SLOPE)
 
 
 def split(n: int) -> tuple[bool, int, int]:
@@ -103,10 +101,11 @@ def dct_tables(n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 @triton.jit
 def act_fwd(y, ACT: tl.constexpr):
+    # ACT is surgeon.primitives.ACTIVATIONS[name].code
     if ACT == 1:
         out = tl.maximum(y, 0.0)
     elif ACT == 2:
-        out = tl.where(y > 0, y, y * 0.01)
+        out = tl.where(y > 0, y, y * _LEAKY)
     elif ACT == 3:
         out = 2.0 * tl.sigmoid(2.0 * y) - 1.0
     elif ACT == 4:
@@ -122,7 +121,7 @@ def act_slope(out, ACT: tl.constexpr):
     if ACT == 1:
         s = tl.where(out > 0, 1.0, 0.0)
     elif ACT == 2:
-        s = tl.where(out > 0, 1.0, 0.01)
+        s = tl.where(out > 0, 1.0, _LEAKY)
     elif ACT == 3:
         s = 1.0 - out * out
     elif ACT == 4:

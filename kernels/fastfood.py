@@ -29,7 +29,7 @@ from surgeon.kernels.common import (
     supported,
     tile_meta,
 )
-from surgeon.ops.hadamard import hadamard_matrix
+from surgeon.primitives import hadamard_matrix
 
 INTERPRET = bool(knobs.runtime.interpret)
 
@@ -217,23 +217,3 @@ def fastfood_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, 
     return (dx, sums[0].to(scale.dtype, copy=True), sums[1].to(gauss.dtype, copy=True),
             sums[2].to(binary.dtype, copy=True))
 
-
-class FastfoodFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused Fastfood kernels; saves only the inputs."""
-
-    @staticmethod
-    def forward(ctx, x, scale, gauss, binary, perm):
-        ctx.save_for_backward(x, scale, gauss, binary, perm)
-        return fastfood_forward(x, scale, gauss, binary, perm)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (*fastfood_backward(grad, *ctx.saved_tensors), None)
-
-
-def fastfood_triton(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor,
-                    perm: torch.Tensor) -> torch.Tensor:
-    """Differentiable fused Fastfood: x (..., d) -> (..., blocks·d); same contract as ``fastfood_ref``."""
-    n = x.shape[-1]
-    out = FastfoodFunction.apply(x.reshape(-1, n), scale, gauss, binary, perm)
-    return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -59,7 +59,8 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
                  on_case: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Forward+backward, fp32, on CPU with the machine's threads (the structured-layers issue's table).
 
-    For each N in ``sizes``: one ACDC factor and a ``depth``-factor ACDCLinear against ``nn.Linear(N, N)``,
+    For each N in ``sizes``: one ACDC factor and a ``depth``-factor ACDCLinear (default memory rule and
+    ``recompute=False``) against ``nn.Linear(N, N)``,
     Adaptive Fastfood against the same, and one ACDC factor's forward against two of the fastest DCTs
     available (scipy's pocketfft and a torch.fft formulation; the faster one is the yardstick).
     """
@@ -82,6 +83,11 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
         cascade = measure(forward_backward(ACDCLinear(n, n, depth=depth), x), repeats=max(3, repeats // 2))
         rows.append(_row(f"N={n} fwd+bwd", f"ACDCLinear depth {depth}", cascade, f"nn.Linear({n}, {n})", dense,
                          3 if n == 8192 and depth == 12 else None))
+        announce(f"ACDCLinear depth {depth}, recompute=False")
+        saving = measure(forward_backward(ACDCLinear(n, n, depth=depth, recompute=False), x),
+                         repeats=max(3, repeats // 2))
+        rows.append(_row(f"N={n} fwd+bwd", f"ACDCLinear depth {depth}, recompute=False", saving,
+                         f"nn.Linear({n}, {n})", dense, 3 if n == 8192 and depth == 12 else None))
         announce("Adaptive Fastfood")
         fastfood = measure(forward_backward(FastfoodLinear(n, n), x), repeats=repeats)
         rows.append(_row(f"N={n} fwd+bwd", "Adaptive Fastfood", fastfood, f"nn.Linear({n}, {n})", dense))

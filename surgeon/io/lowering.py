@@ -41,8 +41,8 @@ from torch import nn
 
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
-from surgeon.ops.acdc import apply_activation
 from surgeon.ops.hadamard import kronecker_split
+from surgeon.primitives import activation_spec, compute_dtype
 
 # Cost model for choosing the Cooley–Tukey factors, in multiply-add equivalents per element per transform: a
 # real→complex first level costs 2·f, a complex middle level 4·f, the complex→real last level 2·f, with f
@@ -236,26 +236,28 @@ class LoweredACDC(nn.Module):
         """x (..., in) -> (..., out)."""
         n = self.size
         lead = x.shape[:-1]
-        tables = self._tables(self.a.dtype)
+        c = compute_dtype(self.a.dtype)  # fp16 files keep fp16 numbers but transform in fp32
+        tables = self._tables(c)
+        a, d, b = (None if t is None else t.to(c) for t in (self.a, self.d, self.b))
         gathers = self.gathers.to(torch.int64)
-        rows = x.reshape(-1, self.in_features).to(self.a.dtype)
+        rows = x.reshape(-1, self.in_features).to(c)
         if n > self.in_features:
             rows = nn.functional.pad(rows, (0, n - self.in_features))
-        v = gather_last(rows, gathers[0]) * self.a[0]
+        v = gather_last(rows, gathers[0]) * a[0]
         for k in range(self.depth):
-            h = self._dct(v, tables) * self.d[k]
-            if self.b is not None:
-                h = h + self.b[k]
+            h = self._dct(v, tables) * d[k]
+            if b is not None:
+                h = h + b[k]
             w = self._dct_adjoint(h, tables)
             if k < self.depth - 1:
-                w = apply_activation(w, self.activation)            # elementwise, so it commutes with the gather
+                w = activation_spec(self.activation).apply(w)            # elementwise, so it commutes with the gather
                 if self.composed:
                     w = gather_last(w, gathers[k + 1])
-                v = w * self.a[k + 1]
+                v = w * a[k + 1]
             else:
                 v = w
         out = gather_last(v, gathers[-1][: self.out_features])
-        return out.reshape(*lead, self.out_features)
+        return out.reshape(*lead, self.out_features).to(x.dtype)
 
 
 class LoweredFastfood(nn.Module):
@@ -282,7 +284,7 @@ class LoweredFastfood(nn.Module):
             self.register_buffer("seed", torch.ones(1, 1, dtype=self.scale.dtype))
 
     def _hadamard(self, size: int) -> torch.Tensor:
-        h = self.seed
+        h = self.seed.to(compute_dtype(self.seed.dtype))
         while h.shape[0] < size:
             h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
         return h * (1.0 / math.sqrt(size))
@@ -303,18 +305,19 @@ class LoweredFastfood(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out)."""
-        lead = x.shape[:-1]
-        x = x.to(self.scale.dtype)
+        lead, dtype = x.shape[:-1], x.dtype
+        c = compute_dtype(self.scale.dtype)  # fp16 files keep fp16 numbers but transform in fp32
+        x = x.to(c)
         if self.d > self.in_features:
             x = nn.functional.pad(x, (0, self.d - self.in_features))
-        rows = x.reshape(-1, 1, self.d) * self.binary                       # (M, blocks, d)
+        rows = x.reshape(-1, 1, self.d) * self.binary.to(c)                  # (M, blocks, d)
         rows = self._fwht(rows).reshape(-1, self.blocks * self.d)
         rows = gather_last(rows, self.perm.to(torch.int64)).reshape(-1, self.blocks, self.d)
-        rows = self._fwht(rows * self.gauss) * self.scale
+        rows = self._fwht(rows * self.gauss.to(c)) * self.scale.to(c)
         out = rows.reshape(-1, self.blocks * self.d)[:, : self.out_features]
         if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
+            out = out + self.bias.to(c)
+        return out.reshape(*lead, self.out_features).to(dtype)
 
 
 LOWERINGS: dict[type[nn.Module], type[nn.Module]] = {ACDCLinear: LoweredACDC, FastfoodLinear: LoweredFastfood}

@@ -36,11 +36,14 @@ class ACDCLinear(nn.Module):
     Diagonals start at ``N(1, init_std²)`` (identity plus noise, §3.10.7.1), biases at 0.
 
     Parameters: ``a``, ``d`` (K, N) and ``b`` (K, N) when ``bias``; 2KN or 3KN numbers in all.
+    Training memory: by default the backward saves only the layer input and recomputes the cascade;
+    ``recompute=False`` saves (2K-1) more rows of N per input row and runs a third fewer transforms.
     """
 
     def __init__(self, in_features: int, out_features: int, depth: int = 12, bias: bool = True,
                  activation: str | None = "relu", permute: bool = True, init_std: float = 0.1,
-                 seed: int | None = None, device: Any = None, dtype: torch.dtype | None = None) -> None:
+                 seed: int | None = None, device: Any = None, dtype: torch.dtype | None = None,
+                 recompute: bool = True) -> None:
         super().__init__()
         check_features(in_features, out_features)
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
@@ -51,6 +54,9 @@ class ACDCLinear(nn.Module):
         self.size = max(in_features, out_features)
         self.activation = canonical_activation(activation)
         self.permute, self.init_std, self.seed = bool(permute), float(init_std), seed
+        # False: keep each factor's input and spectrum for backward instead of recomputing them (surgeon.ops.dispatch).
+        # A run-time choice like ``backend``: it changes neither the map nor the parameters, so config() omits it.
+        self.recompute = bool(recompute)
         factory = {"device": device, "dtype": dtype}
         self.a = nn.Parameter(torch.empty(depth, self.size, **factory))
         self.d = nn.Parameter(torch.empty(depth, self.size, **factory))
@@ -94,7 +100,7 @@ class ACDCLinear(nn.Module):
             x = nn.functional.pad(x, (0, self.size - self.in_features))
         # Triton on CUDA, torch elsewhere; ``layer.backend`` / SURGEON_BACKEND force either (surgeon.ops.dispatch).
         y = acdc_cascade(x, self.a, self.d, self.b, self.perms, self.activation,
-                         backend=getattr(self, "backend", "auto"))
+                         backend=getattr(self, "backend", "auto"), recompute=getattr(self, "recompute", True))
         # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).
         return y[..., : self.out_features].clone() if self.out_features < self.size else y
 

@@ -26,65 +26,17 @@ from collections.abc import Callable
 import torch
 
 from surgeon.ops.dct import transform_
+from surgeon.ops.threads import serial_on_cached_rows
+from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "none")
-_LEAKY_SLOPE = 0.01
-
-
-def canonical_activation(activation: str | None) -> str:
-    """Normalise an activation name (``None`` means linear) and reject unknown ones."""
-    name = "none" if activation is None else str(activation).lower()
-    if name in ("identity", "linear"):
-        name = "none"
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)} or None")
-    return name
-
-
-def apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "leaky_relu":
-        return torch.nn.functional.leaky_relu(y, _LEAKY_SLOPE)
-    if activation == "tanh":
-        return torch.tanh(y)
-    if activation == "sigmoid":
-        return torch.sigmoid(y)
-    return y
-
-
-def _activation_slope(out: torch.Tensor, activation: str) -> torch.Tensor | None:
-    """act'(y) written in terms of the activation's output, so the pre-activation need not be kept."""
-    if activation == "relu":
-        return (out > 0).to(out.dtype)
-    if activation == "leaky_relu":
-        return torch.where(out > 0, 1.0, _LEAKY_SLOPE).to(out.dtype)
-    if activation == "tanh":
-        return 1 - out * out
-    if activation == "sigmoid":
-        return out * (1 - out)
-    return None
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["ACTIVATIONS", "RecomputingCascade", "acdc_cascade_backward", "acdc_cascade_backward_saved",
+           "acdc_cascade_forward", "acdc_cascade_forward_saving", "acdc_cascade_ref", "acdc_factor_ref",
+           "canonical_activation", "cascade_gradients"]
 
 
 def _permute_columns(y: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``y[:, perm]`` for (M, N) rows; gather on an expanded index is several times faster than indexing."""
     return torch.gather(y, 1, perm.expand(y.shape[0], -1), out=out)
-
-
-def _activate_(y: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu":
-        return y.relu_()
-    if activation == "leaky_relu":
-        return torch.nn.functional.leaky_relu_(y, _LEAKY_SLOPE)
-    if activation == "tanh":
-        return y.tanh_()
-    if activation == "sigmoid":
-        return y.sigmoid_()
-    return y
 
 
 def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -102,6 +54,7 @@ def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
     return acdc_cascade_ref(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none")
 
 
+@serial_on_cached_rows
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                          perms: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
@@ -109,6 +62,7 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
     Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs).
     """
     depth = a.shape[0]
+    activate_ = activation_spec(activation).apply_
     with torch.no_grad():
         h = torch.mul(x, a[0])
         scratch = torch.empty_like(h) if perms is not None and depth > 1 else None
@@ -116,7 +70,7 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
             _factor_(h, d[k], None if b is None else b[k])
             if k == depth - 1:
                 break
-            _activate_(h, activation)
+            activate_(h)
             if scratch is not None:
                 _permute_columns(h, perms[k], out=scratch)
                 torch.mul(scratch, a[k + 1], out=h)
@@ -128,6 +82,7 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
 def _recompute(x, a, d, b, perms, activation):
     """Every factor's input z_k and spectrum h2_k = C(z_k ⊙ a_k), for the backward pass."""
     depth = a.shape[0]
+    activate_ = activation_spec(activation).apply_
     inputs, spectra = [x], []
     for k in range(depth):
         h2 = transform_(torch.mul(inputs[k], a[k]), 2)
@@ -135,11 +90,43 @@ def _recompute(x, a, d, b, perms, activation):
         if k == depth - 1:
             break
         y = h2 * d[k] if b is None else torch.addcmul(b[k], h2, d[k])
-        _activate_(transform_(y, 3), activation)
+        activate_(transform_(y, 3))
         inputs.append(y if perms is None else _permute_columns(y, perms[k]))
     return inputs, spectra
 
 
+@serial_on_cached_rows
+def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                                perms: torch.Tensor | None, activation: str):
+    """Forward that keeps what the backward needs, so that it recomputes nothing (``recompute=False``).
+
+    x (M, N) -> ``(y, inside, spectra)``: the output (M, N), every factor's input but the first
+    ``inside = [z_1, ..., z_{K-1}]`` and every factor's spectrum ``spectra = [h2_k = C(z_k ⊙ a_k)]``, each (M, N):
+    2K-1 extra rows of N per input row, against none for the recomputing forward. One tensor per factor rather
+    than one stack: blocks of a few MB are recycled by the allocator, a stack of ~100 MB is mapped afresh (and
+    page-faulted) at every step.
+    """
+    depth = a.shape[0]
+    activate_ = activation_spec(activation).apply_
+    with torch.no_grad():
+        inside = [torch.empty_like(x) for _ in range(depth - 1)]
+        spectra = [torch.empty_like(x) for _ in range(depth)]
+        y = torch.empty_like(x)
+        for k in range(depth):
+            h2 = transform_(torch.mul(x if k == 0 else inside[k - 1], a[k], out=spectra[k]), 2)
+            last = k == depth - 1
+            target = inside[k] if not last and perms is None else y
+            spectrum = torch.mul(h2, d[k], out=target) if b is None else torch.addcmul(b[k], h2, d[k], out=target)
+            transform_(spectrum, 3)
+            if last:
+                break
+            activate_(target)
+            if perms is not None:
+                _permute_columns(y, perms[k], out=inside[k])
+    return y, inside, spectra
+
+
+@serial_on_cached_rows
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
                           b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
     """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
@@ -147,22 +134,44 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
     Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Each factor's recomputed
     intermediates are reused as scratch once its gradients are taken.
     """
-    depth = a.shape[0]
     with torch.no_grad():
         inputs, spectra = _recompute(x, a, d, b, perms, activation)
+    return cascade_gradients(grad, inputs, spectra, a, d, b, perms, activation, overwrite=True)
+
+
+@serial_on_cached_rows
+def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: list[torch.Tensor],
+                                spectra: list[torch.Tensor], a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                                perms: torch.Tensor | None, activation: str):
+    """Gradients from what :func:`acdc_cascade_forward_saving` kept; the saved tensors are left intact."""
+    return cascade_gradients(grad, [x, *inside], list(spectra), a, d, b, perms, activation, overwrite=False)
+
+
+def cascade_gradients(grad: torch.Tensor, inputs: list[torch.Tensor], spectra: list[torch.Tensor], a: torch.Tensor,
+                      d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None, activation: str,
+                      overwrite: bool):
+    """Eqs. 3.28–3.32, last factor first, from every factor's input ``inputs[k] = z_k`` and spectrum
+    ``spectra[k] = C(z_k ⊙ a_k)``. ``overwrite``: those (except ``z_0``) may serve as scratch; else two scratch
+    rows are allocated and they stay untouched. Returns ``(dx, da, dd, db)``."""
+    depth = a.shape[0]
+    slope_ = activation_spec(activation).slope_
+    with torch.no_grad():
         inverse = None if perms is None else torch.argsort(perms, dim=-1)
         grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)
         grad_b = None if b is None else torch.empty_like(b)
         g = grad.clone()
+        spare = None if overwrite else (torch.empty_like(g), torch.empty_like(g))
         for k in range(depth - 1, -1, -1):
+            z = inputs[k]
+            scratch = spectra[k] if spare is None else spare[0]
             transform_(g, 2)                                  # g3 = C g
             if grad_b is not None:
                 torch.sum(g, 0, out=grad_b[k])
-            torch.sum(spectra[k].mul_(g), 0, out=grad_d[k])   # Σ h2 ⊙ g3
+            torch.sum(torch.mul(spectra[k], g, out=scratch), 0, out=grad_d[k])   # Σ h2 ⊙ g3
             transform_(g.mul_(d[k]), 3)                       # g1 = Cᵀ(d ⊙ g3)
-            z = inputs[k]
-            slope = None if k == 0 else _activation_slope_(z, activation, spectra[k])
-            torch.sum(torch.mul(z, g, out=z if k > 0 else None), 0, out=grad_a[k])  # Σ z ⊙ g1
+            slope = None if k == 0 or slope_ is None else slope_(z, scratch)  # act'(y) from z = act(y)
+            product = (z if k > 0 else None) if spare is None else spare[1]
+            torch.sum(torch.mul(z, g, out=product), 0, out=grad_a[k])  # Σ z ⊙ g1
             g.mul_(a[k])                                      # ∂L/∂z = a ⊙ g1
             if k == 0:
                 break
@@ -170,22 +179,9 @@ def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, 
             if slope is not None:
                 g.mul_(slope)
             if inverse is not None:
-                g = _permute_columns(g, inverse[k - 1], out=spectra[k])
+                g, free = _permute_columns(g, inverse[k - 1], out=scratch), g
+                spare = None if spare is None else (free, spare[1])
     return g, grad_a, grad_d, grad_b
-
-
-def _activation_slope_(out: torch.Tensor, activation: str, scratch: torch.Tensor) -> torch.Tensor | None:
-    """act'(y) from the activation's output ``out``, written into ``scratch``."""
-    if activation == "relu":
-        return torch.gt(out, 0, out=scratch)
-    if activation == "leaky_relu":
-        torch.gt(out, 0, out=scratch)
-        return scratch.mul_(1 - _LEAKY_SLOPE).add_(_LEAKY_SLOPE)
-    if activation == "tanh":
-        return torch.addcmul(torch.ones_like(out), out, out, value=-1, out=scratch)
-    if activation == "sigmoid":
-        return torch.mul(out, 1 - out, out=scratch)
-    return None
 
 
 class RecomputingCascade(torch.autograd.Function):
@@ -225,7 +221,7 @@ def acdc_cascade_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
     n = x.shape[-1]
     if a.shape != d.shape or a.dim() != 2 or a.shape[1] != n:
         raise ValueError(f"diagonals must both be (K, {n}); got {tuple(a.shape)} and {tuple(d.shape)}")
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     rows, restore = _as_rows(x, n)
     params = [t if t is None else t.to(compute) for t in (a, d, b)]
     out = RecomputingCascade.apply(rows.to(compute), *params, perms, activation, acdc_cascade_forward,

@@ -27,10 +27,12 @@ import torch
 
 from surgeon.errors import KernelFallbackWarning
 from surgeon.ops.acdc import acdc_cascade_backward as _acdc_bwd_ref
+from surgeon.ops.acdc import acdc_cascade_backward_saved, acdc_cascade_forward_saving
 from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
-from surgeon.ops.acdc import canonical_activation
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import fwht
+from surgeon.ops.threads import serial_on_cached_rows
+from surgeon.primitives import canonical_activation, compute_dtype, kernel_supported
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
@@ -62,8 +64,7 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", n: int | None = None
     if choice == "torch":
         return "torch"
     n = x.shape[-1] if n is None else n
-    from_size = 16 <= n <= 16384 and n & (n - 1) == 0 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    if not from_size:
+    if not kernel_supported(n, x.dtype):
         return "torch"
     if choice == "auto":
         return "triton" if x.is_cuda and _triton_importable() else "torch"
@@ -109,10 +110,6 @@ def _on_kernels(op: str, x: torch.Tensor, call: Callable[[ModuleType, ModuleType
         return None
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _owned(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """``t`` reshaped to ``shape`` as a tensor that is not a view.
 
@@ -140,7 +137,7 @@ def _acdc_cascade_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch
         out = _on_kernels("acdc_cascade", x, lambda acdc, _: acdc.acdc_cascade_forward(rows, a, d, b, perms,
                                                                                          activation))
     if out is None:
-        c = _compute_dtype(x.dtype)
+        c = compute_dtype(x.dtype)
         out = _acdc_fwd_ref(rows.to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms, activation)
     return _owned(out.to(x.dtype), x.shape)
 
@@ -161,7 +158,7 @@ def _acdc_cascade_backward_op(grad: torch.Tensor, x: torch.Tensor, a: torch.Tens
         grads = _on_kernels("acdc_cascade_backward", x,
                             lambda acdc, _: acdc.acdc_cascade_backward(grows, rows, a, d, b, perms, activation))
     if grads is None:
-        c = _compute_dtype(x.dtype)
+        c = compute_dtype(x.dtype)
         grads = _acdc_bwd_ref(grows.to(c).contiguous(), rows.to(c), a.to(c), d.to(c),
                               None if b is None else b.to(c), perms, activation)
     dx, da, dd, db = grads
@@ -191,13 +188,72 @@ def _acdc_backward(ctx, grad):
 _acdc_cascade_op.register_autograd(_acdc_backward, setup_context=_acdc_setup)
 
 
+# recompute=False (torch path only): the forward also returns every factor's input and spectrum, the backward
+# takes them instead of recomputing them. Saved in the compute dtype: (2K-1)·M·N numbers per call.
+@torch.library.custom_op("surgeon::acdc_cascade_saving", mutates_args=())
+def _acdc_saving_op(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                    perms: torch.Tensor | None,
+                    activation: str) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    c = compute_dtype(x.dtype)
+    out, inside, spectra = acdc_cascade_forward_saving(x.reshape(-1, x.shape[-1]).to(c), a.to(c), d.to(c),
+                                                       None if b is None else b.to(c), perms, activation)
+    return _owned(out.to(x.dtype), x.shape), inside, spectra
+
+
+@_acdc_saving_op.register_fake
+def _(x, a, d, b, perms, activation):
+    rows = x.reshape(-1, x.shape[-1])
+    c = compute_dtype(x.dtype)
+    return (torch.empty_like(x), [rows.new_empty(rows.shape, dtype=c) for _ in range(a.shape[0] - 1)],
+            [rows.new_empty(rows.shape, dtype=c) for _ in range(a.shape[0])])
+
+
+@torch.library.custom_op("surgeon::acdc_cascade_backward_saved", mutates_args=())
+def _acdc_backward_saved_op(grad: torch.Tensor, x: torch.Tensor, inside: list[torch.Tensor],
+                            spectra: list[torch.Tensor], a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                            perms: torch.Tensor | None,
+                            activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    c, n = spectra[0].dtype, x.shape[-1]
+    dx, da, dd, db = acdc_cascade_backward_saved(
+        grad.reshape(-1, n).to(c).contiguous(), x.reshape(-1, n).to(c), inside, spectra, a.to(c), d.to(c),
+        None if b is None else b.to(c), perms, activation)
+    db = a.new_empty(0) if db is None else db.to(b.dtype)
+    return _owned(dx.to(x.dtype), x.shape), da.to(a.dtype), dd.to(d.dtype), db
+
+
+@_acdc_backward_saved_op.register_fake
+def _(grad, x, inside, spectra, a, d, b, perms, activation):
+    return torch.empty_like(x), torch.empty_like(a), torch.empty_like(d), (a.new_empty(0) if b is None
+                                                                           else torch.empty_like(b))
+
+
+def _saving_setup(ctx, inputs, output):
+    x, a, d, b, perms, activation = inputs
+    ctx.has_bias, ctx.activation, ctx.depth = b is not None, activation, a.shape[0]
+    ctx.save_for_backward(x, a, d, b, perms, *output[1], *output[2])
+
+
+def _saving_backward(ctx, grad, _inside_grad, _spectra_grad):
+    x, a, d, b, perms, *kept = ctx.saved_tensors
+    inside, spectra = kept[: ctx.depth - 1], kept[ctx.depth - 1:]
+    dx, da, dd, db = _acdc_backward_saved_op(grad, x, inside, spectra, a, d, b, perms, ctx.activation)
+    return dx, da, dd, (db if ctx.has_bias else None), None, None
+
+
+_acdc_saving_op.register_autograd(_saving_backward, setup_context=_saving_setup)
+
+
 def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                  perms: torch.Tensor | None, activation: str | None = "relu",
-                 backend: Backend = "auto") -> torch.Tensor:
+                 backend: Backend = "auto", recompute: bool = True) -> torch.Tensor:
     """ACDC cascade (same contract as ``acdc_cascade_ref``) on the chosen backend.
 
     x (..., N); a, d (K, N); b (K, N) or None; perms (K-1, N) int64 or None -> (..., N) in ``x.dtype``.
     Every factor is ``y = Cᵀ(C(z ⊙ a_k) ⊙ d_k + b_k)``; between factors ``z = act(y)[perm_k]`` (eq. 3.24).
+
+    ``recompute=False`` (torch path; the fused kernels always recompute) keeps every factor's input and spectrum
+    for backward when gradients are needed — (2K-1)·M·N extra numbers — and skips the backward's re-run of the
+    forward: 4K transforms per step instead of 6K-1.
     """
     activation = canonical_activation(activation)
     n = x.shape[-1]
@@ -209,6 +265,9 @@ def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Ten
         perms = None if a.shape[0] < 2 else perms
         if perms is not None:
             raise ValueError(f"perms must be ({a.shape[0] - 1}, {n}); got {tuple(perms.shape)}")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, d, b))
+    if not recompute and wants_grad and resolve_backend(x, backend) == "torch":
+        return _acdc_saving_op(x, a, d, b, perms, activation)[0]
     return _acdc_cascade_op(x, a, d, b, perms, activation, backend)
 
 
@@ -255,10 +314,11 @@ def _fastfood_backward_op(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tens
     return _fastfood_backward_torch(grad, x, scale, gauss, binary, perm)
 
 
+@serial_on_cached_rows
 def _fastfood_backward_torch(grad, x, scale, gauss, binary, perm):
     """Eq. 3.13 with Ĥ symmetric, recomputing ``u = Ĥ B x`` and ``q = Ĥ G Π u`` from ``x``."""
     blocks, n = scale.shape
-    c = _compute_dtype(x.dtype)
+    c = compute_dtype(x.dtype)
     rows = x.reshape(-1, 1, n).to(c)
     g = grad.reshape(rows.shape[0], blocks, n).to(c)
     s, ga, bi = scale.to(c), gauss.to(c), binary.to(c)

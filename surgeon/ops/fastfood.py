@@ -2,8 +2,12 @@
 
 ``Ĥ = H/√d`` is the orthonormal Walsh–Hadamard matrix, so with Le et al.'s random draws (B ±1, G Gaussian,
 S ~ chi(d)/‖G‖_F) every row of ``V`` has expected unit norm: ``V`` behaves like a dense Gaussian matrix with
-entries N(0, 1/d), i.e. Le et al.'s ``1/(σ√d) S H G Π H B`` with σ = √d. Gradients (eq. 3.13) come from
-autograd; ``Ĥ`` is symmetric and its backward applies it again.
+entries N(0, 1/d), i.e. Le et al.'s ``1/(σ√d) S H G Π H B`` with σ = √d.
+
+Gradients: called directly, :func:`fastfood_ref` is differentiated by autograd, which keeps every intermediate
+(``Ĥ`` is symmetric, so its backward applies it again). The layers do not go through that: they call
+``surgeon.ops.dispatch.fastfood``, whose registered backward (eq. 3.13) saves only ``x`` and recomputes
+``Ĥ B x`` and ``Ĥ G Π Ĥ B x`` from it, on the Triton or the torch path.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import torch
 
 from surgeon.ops.hadamard import fwht
+from surgeon.ops.threads import serial_on_cached_rows
+from surgeon.primitives import compute_dtype
 
 
+@serial_on_cached_rows
 def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: torch.Tensor,
                  perm: torch.Tensor) -> torch.Tensor:
     """Apply ``n_blocks`` stacked Fastfood transforms to x (..., d) -> (..., n_blocks * d).
@@ -21,7 +28,7 @@ def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, bina
     ``(Π v)[i] = v[perm[i]]``. fp16/bf16 are computed in fp32 and cast back.
     """
     blocks, d = scale.shape
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(x.dtype)
     lead = x.shape[:-1]
     rows = x.reshape(-1, 1, d).to(compute)
     h = fwht(rows * binary.to(compute), normalized=True)

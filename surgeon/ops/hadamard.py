@@ -9,39 +9,15 @@ to the incoming gradient.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
+from surgeon.primitives import compute_dtype, hadamard_matrix, is_power_of_two, next_power_of_two
+
+__all__ = ["fwht", "hadamard_matrix", "is_power_of_two", "kronecker_split", "next_power_of_two"]
+
 _MAX_BLOCK = 128
-
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def next_power_of_two(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-@functools.lru_cache(maxsize=64)
-def _hadamard_cpu64(n: int) -> torch.Tensor:
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
-
-
-def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                    normalized: bool = False) -> torch.Tensor:
-    """The dense N x N Sylvester Hadamard matrix (entries ±1, or ±1/sqrt(N) when ``normalized``)."""
-    if not is_power_of_two(n):
-        raise ValueError(f"the Hadamard transform needs a power-of-two size, got {n}")
-    h = _hadamard_cpu64(n)
-    if normalized:
-        h = h / math.sqrt(n)
-    return h.to(device=device, dtype=dtype)
 
 
 def kronecker_split(n: int, max_block: int = _MAX_BLOCK) -> list[int]:
@@ -88,5 +64,4 @@ def fwht(x: torch.Tensor, normalized: bool = False) -> torch.Tensor:
     n = x.shape[-1]
     if not is_power_of_two(n):
         raise ValueError(f"the Hadamard transform needs a power-of-two size, got {n}")
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _Hadamard.apply(x.to(compute), normalized).to(x.dtype)
+    return _Hadamard.apply(x.to(compute_dtype(x.dtype)), normalized).to(x.dtype)

@@ -1,0 +1,181 @@
+"""Inference latency of one layer on CPU, in torch eager and in onnxruntime, against the dense layer it replaces.
+
+For every N and batch: ``nn.Linear(N, N)``, ``ACDCLinear`` at depth 12 and 4, ``FastfoodLinear`` and, where the
+package has it, ``LowRankLinear`` at ACDC-12's parameter count, each run in torch (``inference_mode``) and in
+onnxruntime (the file :func:`surgeon.export_onnx` writes, 2 intra-op threads like torch). The calls of one
+(N, batch) cell are interleaved round by round, so machine noise hits every layer alike; a row's ``speedup`` is
+the dense layer's median over the layer's median **in the same runtime**, measured in this one run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import surgeon
+from surgeon.io.onnx_export import _ort_session, export_onnx
+from surgeon.layers import ACDCLinear, FastfoodLinear
+
+SIZES = (1024, 4096, 8192)
+BATCHES = (1, 8, 64, 256)
+THREADS = 2
+RUNTIMES = ("torch", "onnxruntime")
+
+
+@dataclass
+class InferenceRow:
+    """One layer at one (N, batch) in one runtime."""
+
+    n: int
+    batch: int
+    layer: str
+    runtime: str
+    ms: float
+    dense_ms: float           # nn.Linear(N, N) in the same runtime, same cell
+    speedup: float            # dense_ms / ms
+    vs_torch: float | None    # onnxruntime rows: torch ms of the same layer / this ms
+    target: str
+    met: bool | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lowrank(n: int, params: int) -> nn.Module | None:
+    cls = getattr(surgeon, "LowRankLinear", None)
+    if cls is None:
+        return None
+    return cls(n, n, rank=max(1, params // (2 * n)))
+
+
+def candidate_layers(n: int) -> dict[str, nn.Module]:
+    """The layers benchmarked at size N, dense first (all fp32, eval mode, fixed seeds)."""
+    torch.manual_seed(0)
+    layers: dict[str, nn.Module] = {"dense": nn.Linear(n, n), "ACDC-12": ACDCLinear(n, n, depth=12, seed=0),
+                                    "ACDC-4": ACDCLinear(n, n, depth=4, seed=0), "Fastfood": FastfoodLinear(n, n)}
+    lowrank = _lowrank(n, sum(p.numel() for p in layers["ACDC-12"].parameters()))
+    if lowrank is not None:
+        layers["low-rank"] = lowrank
+    return {name: layer.eval() for name, layer in layers.items()}
+
+
+def _target(n: int, batch: int, layer: str) -> float | None:
+    """The deployment issue's goals (minimum speed-up over dense), at N = 4096."""
+    if n != 4096:
+        return None
+    if layer == "ACDC-12":
+        return 2.0 if batch <= 64 else 1.0
+    return 5.0 if layer == "Fastfood" else None
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, calling them round-robin ``repeats`` times.
+
+    The order rotates every round: a call right after a multi-threaded one pays for the idle threads that are
+    still spinning, and rotating spreads that cost over every candidate instead of always the same one.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, object]:
+    sessions = {}
+    for name, layer in layers.items():
+        path = folder / f"{name}_{n}.onnx"
+        export_onnx(layer, torch.randn(2, n), path, check=False)
+        sessions[name] = _ort_session(str(path), THREADS, spin=False)
+    return sessions
+
+
+def _cell_calls(layers: dict[str, nn.Module], sessions: dict[str, object], x: torch.Tensor,
+                runtimes: Sequence[str]) -> dict[tuple[str, str], Callable[[], object]]:
+    feed = {"input_0": x.numpy()}
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
+    for name, layer in layers.items():
+        if "torch" in runtimes:
+            calls[name, "torch"] = lambda layer=layer: layer(x)
+        if "onnxruntime" in runtimes:
+            calls[name, "onnxruntime"] = lambda s=sessions[name]: s.run(None, feed)
+    return calls
+
+
+def _rows(n: int, batch: int, medians: dict[tuple[str, str], float]) -> list[InferenceRow]:
+    rows = []
+    for (name, runtime), seconds in medians.items():
+        if name == "dense":
+            continue
+        dense = medians["dense", runtime]
+        torch_s = medians.get((name, "torch"))
+        vs_torch = torch_s / seconds if runtime == "onnxruntime" and torch_s else None
+        goal = _target(n, batch, name)
+        rows.append(InferenceRow(n, batch, name, runtime, seconds * 1e3, dense * 1e3, dense / seconds, vs_torch,
+                                 "" if goal is None else f"≥ {goal:g}×",
+                                 None if goal is None else dense / seconds >= goal))
+    return rows
+
+
+def bench_inference(sizes: Sequence[int] = SIZES, batches: Sequence[int] = BATCHES, repeats: int = 7,
+                    runtimes: Sequence[str] = RUNTIMES,
+                    on_case: Callable[[str], None] | None = None) -> list[InferenceRow]:
+    """Forward latency rows for every N in ``sizes`` and batch in ``batches`` (fp32, CPU, 2 threads)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    rows: list[InferenceRow] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="surgeon-bench-") as tmp:
+            for n in sizes:
+                if on_case is not None:
+                    on_case(f"N={n}: exporting")
+                layers = candidate_layers(n)
+                sessions = _sessions(layers, n, Path(tmp)) if "onnxruntime" in runtimes else {}
+                for batch in batches:
+                    if on_case is not None:
+                        on_case(f"N={n}, batch {batch}")
+                    x = torch.randn(batch, n)
+                    # fewer rounds where one call takes long (N=8192, batch 256) keeps the run to minutes
+                    rounds = max(3, repeats if batch * n <= 64 * 4096 else repeats // 2)
+                    with torch.inference_mode():
+                        medians = interleaved_medians(_cell_calls(layers, sessions, x, runtimes), rounds)
+                    rows += _rows(n, batch, medians)
+                del layers, sessions
+    finally:
+        torch.set_num_threads(previous)
+    return rows
+
+
+def speedup_table(rows: Sequence[InferenceRow]) -> str:
+    """The rows as one Markdown table: a line per (N, layer), the speed-up over dense per runtime and batch, and
+    the dense layer's ms per cell underneath."""
+    runtimes = [rt for rt in RUNTIMES if any(r.runtime == rt for r in rows)]
+    batches = sorted({r.batch for r in rows})
+    cells = {(r.n, r.layer, r.runtime, r.batch): r for r in rows}
+    columns = [(rt, b) for rt in runtimes for b in batches]
+    head = "| N | layer | " + " | ".join(f"{rt} b{b}" for rt, b in columns) + " |"
+    lines = [head, "|" + "---|" * (2 + len(columns))]
+    keys = list(dict.fromkeys((r.n, r.layer) for r in rows))
+    for n, layer in keys:
+        values = [cells.get((n, layer, rt, b)) for rt, b in columns]
+        lines.append(f"| {n} | {layer} | " + " | ".join("" if v is None else f"×{v.speedup:.2f}" for v in values)
+                     + " |")
+        if layer == keys[-1][1] or keys[keys.index((n, layer)) + 1][0] != n:
+            dense = [next((r.dense_ms for r in rows if (r.n, r.runtime, r.batch) == (n, rt, b)), None)
+                     for rt, b in columns]
+            lines.append(f"| {n} | dense ms | " + " | ".join("" if v is None else f"{v:.3g}" for v in dense) + " |")
+    return "\n".join(lines)

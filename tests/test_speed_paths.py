@@ -1,0 +1,69 @@
+"""The CPU speed paths compute the same maps: the fp16 ONNX files, the thread rule, the inference bench (oracles:
+torch in fp32/fp16 and fp64, onnxruntime)."""
+
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from surgeon.io.onnx_export import export_onnx
+from surgeon.layers import ACDCLinear, FastfoodLinear
+
+
+def test_fp16_export_halves_the_numbers_and_matches_torch_fp16(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(ACDCLinear(1000, 1024, depth=6), nn.ReLU(), FastfoodLinear(1024, 512), nn.Linear(512, 10))
+    x = torch.randn(5, 1000)
+    full = export_onnx(model, x, tmp_path / "fp32.onnx")
+    half = export_onnx(model, x, tmp_path / "fp16.onnx", dtype=torch.float16)
+    assert half.passed and half.max_rel_error <= 1e-2 and half.tolerance == 1e-2
+    assert half.file_bytes < 0.7 * full.file_bytes
+    assert model[0].a.dtype == torch.float32  # the caller's model is not converted
+    session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    got = torch.from_numpy(session.run(None, {"input_0": x.half().numpy()})[0]).float()
+    with torch.no_grad():
+        reference = model(x)  # the fp32 model: fp16 storage costs at most a few 1e-3 relative
+    assert ((got - reference).abs().max() / reference.abs().max()).item() < 1e-2
+
+
+def test_cascade_on_many_rows_hands_threads_to_pocketfft_and_gives_them_back():
+    from surgeon.ops.acdc import acdc_cascade_ref
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = ACDCLinear(512, 512, depth=3, activation="tanh")
+        x = torch.randn(128, 512, requires_grad=True)  # 2^16 elements: above the serial threshold
+        y = layer(x)
+        y.square().sum().backward()
+        assert torch.get_num_threads() == 2
+        x64 = x.detach().double().requires_grad_()
+        params = [p.detach().double().requires_grad_() for p in (layer.a, layer.d, layer.b)]
+        expected = acdc_cascade_ref(x64, *params, layer.perms, "tanh")
+        expected.square().sum().backward()
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer.d.grad.double(), params[1].grad, rtol=1e-3, atol=1e-3)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_bench_inference_rows_cover_every_layer_and_runtime():
+    import json
+
+    from typer.testing import CliRunner
+
+    import surgeon
+    from surgeon.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "--inference", "--sizes", "256", "--batches", "1,3", "--repeats", "1",
+                                      "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    layers = {"ACDC-12", "ACDC-4", "Fastfood"} | ({"low-rank"} if hasattr(surgeon, "LowRankLinear") else set())
+    cells = {(r["batch"], r["layer"], r["runtime"]) for r in rows}
+    assert cells == {(b, name, rt) for b in (1, 3) for name in layers for rt in ("torch", "onnxruntime")}
+    for row in rows:
+        assert row["n"] == 256 and row["ms"] > 0 and row["speedup"] == pytest.approx(row["dense_ms"] / row["ms"])
+        assert (row["vs_torch"] is not None) == (row["runtime"] == "onnxruntime")

@@ -73,6 +73,9 @@ def bench_command(
                                                                   "torch and onnxruntime (CPU, 2 threads).")] = False,
     batches: Annotated[str | None, typer.Option("--batches", help="With --inference: comma-separated batch sizes "
                                                                    "(default 1,8,64,256).")] = None,
+    recurrent: Annotated[bool, typer.Option("--recurrent", help="Instead: ms per training update of NoisyLSTM "
+                                                                 "(batch 64, 26 steps) against nn.LSTM; --sizes "
+                                                                 "are hidden sizes.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -86,6 +89,7 @@ def bench_command(
     Example: surgeon bench --resources --gpu-arch 90
 
     Example: surgeon bench --inference --sizes 4096 --batches 1,64
+    Example: surgeon bench --recurrent --sizes 64,128
     """
     out = Output(quiet, as_json)
 
@@ -108,6 +112,12 @@ def bench_command(
                                           repeats=repeats, on_case=note)
                 title = (f"Inference, fp32, CPU, {THREADS} threads in torch and onnxruntime; speed-up over "
                          "nn.Linear(N, N) in the same runtime")
+            elif recurrent:
+                from surgeon.bench.recurrent import bench_recurrent
+
+                results = bench_recurrent(tuple(size_list or (64, 128)), batch=batch or 64, repeats=repeats,
+                                          on_case=note)
+                title = f"Training update, batch {batch or 64}, 26 steps, CPU fp32 (one thread)"
             elif resources:
                 from surgeon.kernels.resources import kernel_resources
 

@@ -256,3 +256,32 @@ def test_extreme_inputs_nan_propagation_and_low_precision(cls, mode):
     m.eval()
     x16 = torch.tensor([-6e4, -3.0, 0.5, 2.5, 6e4, 7.0], dtype=torch.float16)
     np.testing.assert_allclose(m(x16).float().detach().numpy(), m(x16.float()).detach().numpy(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["nan", "nah"])
+def test_output_noise_phi_gradients_for_mixed_gates_side_by_side(mode):
+    """The hand-written backward of φ (one sigmoid- and one tanh-like module on concatenated units)."""
+    from surgeon.noise.noisy import HardShape, output_noise_phi
+
+    torch.manual_seed(13)
+    mods = [NoisyHardSigmoid(mode=mode, num_features=3), NoisyHardTanh(mode=mode, num_features=3)]
+    x = (torch.randn(4, 6, dtype=torch.float64) * 4).requires_grad_()
+    p = torch.cat([m.p.detach().double() for m in mods]).requires_grad_()
+    xi = torch.randn(4, 6, dtype=torch.float64)
+    eps = xi if mode == "nan" else xi.abs()
+    shape = HardShape.of(mods, 3, x)
+    noise = eps * torch.tensor([m.c.item() * (1.0 if 1 - m.alpha >= 0 else -1.0) for m in mods],
+                               dtype=torch.float64).repeat_interleave(3)
+    assert torch.autograd.gradcheck(lambda x, p: output_noise_phi(x, p, noise, shape), (x, p))
+    # and the values are eq. 4.15, by hand
+    xn, pn, en = x.detach().numpy(), p.detach().numpy(), eps.numpy()
+    sig_cols = np.arange(6) < 3
+    u = np.where(sig_cols, 0.25 * xn + 0.5, xn)
+    h = np.where(sig_cols, np.clip(u, 0, 1), np.clip(u, -1, 1))
+    alpha = np.where(sig_cols, mods[0].alpha, mods[1].alpha)
+    c = np.where(sig_cols, mods[0].c.item(), mods[1].c.item())
+    sigma = c * (1 / (1 + np.exp(-pn * (h - u))) - 0.5) ** 2
+    d = -np.where(xn >= 0, 1.0, -1.0) * np.where(1 - alpha >= 0, 1.0, -1.0)
+    expected = alpha * h + (1 - alpha) * u + d * sigma * en
+    np.testing.assert_allclose(output_noise_phi(x, p, noise, shape).detach().numpy(), expected, rtol=1e-12,
+                               atol=1e-12)

@@ -196,3 +196,71 @@ def test_noisy_training_is_seeded_and_differentiable():
     assert torch.equal(lstm.eval()(x)[0], lstm(x)[0])  # eval is deterministic
     cfg = lstm.config()
     assert cfg["gates"] == "noisy" and cfg["gate_kwargs"] == {"mode": "nan", "c": 5.0}
+
+
+def np_noisy_train(x, p, kind, c, alpha, mode, xi):
+    """Eq. 4.15 with the noise sample given: α h + (1 − α) u + d σ ε, ε = ξ (nan) or |ξ| (nah)."""
+    h = np.clip(0.25 * x + 0.5, 0, 1) if kind == "sigmoid" else np.clip(x, -1, 1)
+    u = 0.25 * x + 0.5 if kind == "sigmoid" else x
+    sigma = c * (np_sig(p * (h - u)) - 0.5) ** 2
+    d = -np.where(x >= 0, 1.0, -1.0) * (1.0 if 1 - alpha >= 0 else -1.0)
+    return alpha * h + (1 - alpha) * u + d * sigma * (xi if mode == "nan" else np.abs(xi))
+
+
+@pytest.mark.parametrize("mode", ["nan", "nah"])
+def test_fused_noisy_lstm_cell_in_training_matches_eq_4_15(mode):
+    """Training: all four gates in one call, then T_c, each with the noise drawn for the whole step."""
+    torch.manual_seed(8)
+    cell = NoisyLSTMCell(4, 3, gates="noisy", gate_kwargs={"mode": mode, "c": 2.0}).double().train()
+    with torch.no_grad():
+        for w in (cell.weight_ih, cell.weight_hh):
+            w.mul_(6.0)
+    x, h, c = (torch.randn(5, n, dtype=torch.float64) for n in (4, 3, 3))
+    torch.manual_seed(9)
+    h1, c1 = cell(x, (h, c))
+    torch.manual_seed(9)
+    xi_gates = torch.randn(1, 5, 12, dtype=torch.float64)[0].numpy()   # the draws the cell makes, in its order
+    xi_cell = torch.randn(1, 5, 3, dtype=torch.float64)[0].numpy()
+    acts = cell.gate_activations.acts
+    pre = (x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh).detach().numpy()
+
+    def act(name, z, xi):
+        m = acts[name]
+        kind = "sigmoid" if name in "ifo" else "tanh"
+        return np_noisy_train(z, m.p.detach().numpy(), kind, m.c.item(), m.alpha, m.mode, xi)
+
+    gi, gf, gg, go = (act(n, z, e) for n, z, e in zip("ifgo", np.split(pre, 4, axis=1),
+                                                        np.split(xi_gates, 4, axis=1), strict=True))
+    c_exp = gf * c.numpy() + gi * gg
+    h_exp = go * act("c", c_exp, xi_cell)
+    np.testing.assert_allclose(c1.detach().numpy(), c_exp, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h1.detach().numpy(), h_exp, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_noisy_lstm_gradients_by_finite_differences():
+    torch.manual_seed(10)
+    lstm = NoisyLSTM(3, 2, gates="noisy", gate_kwargs={"mode": "nan", "c": 3.0}, clip_gates=True).double().train()
+    with torch.no_grad():
+        lstm.weight_hh_l0.mul_(4.0)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True) * 3
+    params = [lstm.weight_ih_l0, lstm.gate_activations[0].acts["f"].p, lstm.gate_activations[0].acts["c"].p]
+
+    def run(x, *ps):
+        torch.manual_seed(11)  # the same noise at every evaluation
+        return lstm(x)[0]
+
+    assert torch.autograd.gradcheck(run, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [NoisyLSTM, NoisyGRU])
+def test_clip_gates_bounds_every_gate_and_is_in_the_config(cls):
+    torch.manual_seed(12)
+    rnn = cls(3, 4, gates="noisy", gate_kwargs={"mode": "nan", "c": 30.0}, clip_gates=True).train()
+    free = cls(3, 4, gates="noisy", gate_kwargs={"mode": "nan", "c": 30.0}).train()
+    free.load_state_dict(rnn.state_dict())
+    x = torch.randn(20, 8, 3) * 5
+    assert rnn.config()["clip_gates"] is True
+    assert torch.isfinite(rnn(x)[0]).all()
+    # outputs of a clipped LSTM/GRU stay in [-1, 1]; the unclipped NAN gates at c = 30 leave it
+    assert rnn(x)[0].abs().max() <= 1.0
+    assert free(x)[0].abs().max() > 1.0

@@ -113,19 +113,23 @@ class MollifiedActivation(PerUnitNoiseModule):
         require_floating(x, self)
         out_dtype = x.dtype
         x = x.to(compute_dtype(x))
-        f, delta = self._parts(x)
-        a = self.unit_view(self.a.to(x.dtype), x)
-        sigma = (torch.sigmoid(a * delta) - 0.5).square()
+        xi = None
         if self.training:
             xi = torch.randn_like(x) if noise is None else noise.to(x.dtype)
-            abs_xi = xi.abs()
-        elif self.eval_noise == "mean":
-            abs_xi = torch.full((), HALF_NORMAL_MEAN, dtype=x.dtype, device=x.device)
-        else:
-            return f.to(out_dtype)
-        s = self.p.to(x.dtype) * self.c.to(x.dtype) * sigma * abs_xi
-        out = f + sgn(x) * torch.minimum(delta.abs(), s)
-        return out.to(out_dtype)
+        a = self.unit_view(self.a.to(x.dtype), x)
+        return self.psi(x, xi, a, self.p.to(x.dtype) * self.c.to(x.dtype)).to(out_dtype)
+
+    def psi(self, x: torch.Tensor, xi: torch.Tensor | None, a: torch.Tensor, pc: torch.Tensor) -> torch.Tensor:
+        """ψ(x) + f_orig(0) with the per-unit tensors given: a (broadcast against x), pc = p^l·c (0-d or per unit),
+        ξ of x's shape (None: the eval form of ``eval_noise``). Lets a caller apply several modules of this class at
+        once on their concatenated units (the gates of a mollified LSTM), with this module's kind."""
+        if xi is None and self.eval_noise == "none":
+            return self._parts(x)[0]
+        f, delta = self._parts(x)
+        sigma = (torch.sigmoid(a * delta) - 0.5).square()
+        abs_xi = HALF_NORMAL_MEAN if xi is None else xi.abs()
+        s = pc * sigma * abs_xi
+        return f + sgn(x) * torch.minimum(delta.abs(), s)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()

@@ -22,7 +22,7 @@ code does). Noise is drawn only in training mode.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -39,10 +39,75 @@ from surgeon.noise.hard import (
     sgn,
 )
 
-__all__ = ["NOISY_MODES", "NoisyHardSigmoid", "NoisyHardTanh"]
+__all__ = ["NOISY_MODES", "HardShape", "NoisyHardSigmoid", "NoisyHardTanh", "output_noise_phi"]
 
 NOISY_MODES: tuple[str, ...] = ("nan", "nah", "nani", "nanil", "nanis")
 _LEARNED_P_MODES = ("nan", "nah", "nanil")
+
+
+class HardShape(NamedTuple):
+    """The piecewise-linear part of φ: u(x) = slope·x + offset, h = clip(u, lo, hi), and α. Each field is a tensor
+    broadcasting against x: 0-d for one module, or per unit for several modules applied side by side (the gates of
+    a noisy LSTM, concatenated). ``minus_alpha_slope`` and ``minus_2slope`` serve the derivative."""
+
+    slope: torch.Tensor
+    offset: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    alpha: torch.Tensor
+    minus_alpha_slope: torch.Tensor
+    minus_2slope: torch.Tensor
+
+    @staticmethod
+    def of(modules: list[_NoisyHard], units: int, like: torch.Tensor) -> HardShape:
+        """Per-unit fields for ``modules`` side by side, ``units`` each (0-d fields when ``units`` is 0)."""
+        def field(get: Callable[[_NoisyHard], float]) -> torch.Tensor:
+            values = torch.tensor([get(m) for m in modules], dtype=like.dtype, device=like.device)
+            return values.squeeze(0) if units == 0 else values.repeat_interleave(units)
+
+        return HardShape(field(lambda m: m._slope), field(lambda m: m._offset), field(lambda m: m._h_range[0]),
+                         field(lambda m: m._h_range[1]), field(lambda m: m.alpha),
+                         field(lambda m: -m.alpha * m._slope), field(lambda m: -2.0 * m._slope))
+
+
+class _OutputNoisePhi(torch.autograd.Function):
+    """φ of the output-noise modes (eq. 4.15) with a hand-written backward: one graph node instead of ~20.
+
+    The gates of a noisy LSTM call φ at every step, where the per-op cost dominates. Arguments: x, the learned p,
+    ``noise`` = sgn(1 − α)·c·ε (the noise term d σ ε is noise·sgn(Δ)·(s − ½)²) and a :class:`HardShape`.
+    With s = sigmoid(p Δ), k = d c ε · 2(s − ½) s (1 − s) and Δ' = −slope·1[x saturated]::
+
+        φ = u + α Δ + d c ε (s − ½)²,    ∂φ/∂x = α h' + (1 − α) u' + k p Δ',    ∂φ/∂p = k Δ
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor, shape: HardShape) -> torch.Tensor:
+        u = torch.addcmul(shape.offset, x, shape.slope)
+        delta = torch.clamp(u, shape.lo, shape.hi) - u
+        # Where x saturates, sgn(x) = −sgn(Δ), so d = sgn(Δ)·sgn(1 − α); where Δ = 0 the noise term is 0 anyway.
+        sign = torch.sign(delta)
+        s = torch.sigmoid(p * delta)
+        centred = s - 0.5
+        weighted = noise * sign * centred
+        out = torch.addcmul(torch.addcmul(u, delta, shape.alpha), weighted, centred)
+        half_k = weighted * (0.25 - centred.square())  # s (1 − s) = ¼ − (s − ½)²
+        # ∂φ/∂x: slope inside the linear range, (1 − α)·slope + k p Δ' where saturated (half_k is 0 inside).
+        d_x = torch.addcmul(torch.addcmul(shape.slope, sign.abs(), shape.minus_alpha_slope), half_k * p,
+                            shape.minus_2slope)
+        ctx.save_for_backward(d_x, half_k * delta)
+        ctx.p_shape = p.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        d_x, half_d_p = ctx.saved_tensors
+        grad_p = (grad * half_d_p).sum_to_size(ctx.p_shape) * 2.0 if ctx.needs_input_grad[1] else None
+        return grad * d_x, grad_p, None, None
+
+
+def output_noise_phi(x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor, shape: HardShape) -> torch.Tensor:
+    """φ of the nan/nah modes in training, one autograd node (see :class:`_OutputNoisePhi` for the arguments)."""
+    return _OutputNoisePhi.apply(x, p, noise, shape)
 
 
 class _NoisyHard(PerUnitNoiseModule):
@@ -55,6 +120,9 @@ class _NoisyHard(PerUnitNoiseModule):
     _replaces: tuple[type[nn.Module], ...]
     _u: Callable[[torch.Tensor], torch.Tensor]
     _threshold: float
+    _slope: float
+    _offset: float
+    _h_range: tuple[float, float]
     _default_mode: str
     _default_alpha: float
     # Per-mode default c (thesis §4.3.6 / authors' nunits.py); documented on the subclasses.
@@ -85,11 +153,6 @@ class _NoisyHard(PerUnitNoiseModule):
         if mode in _LEARNED_P_MODES:
             self._register_unit_param("p")
 
-    def _sigma(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """σ(x) = c (sigmoid(p Δ(x)) − 0.5)² (eq. 4.10)."""
-        p = self.unit_view(self.p.to(x.dtype), x)
-        return self.c.to(x.dtype) * (torch.sigmoid(p * delta) - 0.5).square()
-
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Apply φ elementwise. x: any shape (units along ``unit_dim``); returns x's shape and dtype.
 
@@ -102,12 +165,26 @@ class _NoisyHard(PerUnitNoiseModule):
         xi = None
         if self.training:
             xi = torch.randn_like(x) if noise is None else noise.to(x.dtype)
+        p = self.unit_view(self.p.to(x.dtype), x) if self.mode in _LEARNED_P_MODES else None
+        return self.phi(x, xi, p, self.c.to(x.dtype)).to(out_dtype)
+
+    def phi(self, x: torch.Tensor, xi: torch.Tensor | None, p: torch.Tensor | None,
+            c: torch.Tensor) -> torch.Tensor:
+        """φ(x) with the per-unit tensors given: p (learned modes, broadcast against x; else None), c (0-d or per
+        unit), ξ of x's shape (None: the eval form). Lets a caller apply several modules of this class at once on
+        their concatenated units (the gates of a noisy LSTM), with this module's mode and α."""
         h = self._h(x)
         mode = self.mode
+        if mode in ("nan", "nah") and xi is not None:
+            assert p is not None
+            eps = xi if mode == "nan" else xi.abs()
+            sign = 1.0 if 1.0 - self.alpha >= 0 else -1.0
+            return output_noise_phi(x, p, (sign * c) * eps, HardShape.of([self], 0, x))
         if mode in ("nan", "nah"):
             u = self._u(x)
             delta = h - u
-            sigma = self._sigma(x, delta)
+            assert p is not None
+            sigma = c * (torch.sigmoid(p * delta) - 0.5).square()
             sign_1ma = 1.0 if 1.0 - self.alpha >= 0 else -1.0
             d = -sgn(x) * sign_1ma
             if xi is None:
@@ -115,18 +192,17 @@ class _NoisyHard(PerUnitNoiseModule):
                 noise_term = d * sigma * eps_mean
             else:
                 noise_term = d * sigma * (xi if mode == "nan" else xi.abs())
-            out = self.alpha * h + (1.0 - self.alpha) * u + noise_term
-        elif xi is None:
-            out = h
-        elif mode == "nani":
-            out = self._h(x + self.c.to(x.dtype) * xi)
-        elif mode == "nanil":
-            sigma = self._sigma(x, h - self._u(x))
-            out = self._h(x + sigma * xi)
-        else:  # nanis
-            saturated = (x.abs() >= self._threshold).to(x.dtype)
-            out = self._h(x + saturated * self.c.to(x.dtype) * xi)
-        return out.to(out_dtype)
+            return self.alpha * h + (1.0 - self.alpha) * u + noise_term
+        if xi is None:
+            return h
+        if mode == "nani":
+            return self._h(x + c * xi)
+        if mode == "nanil":
+            assert p is not None
+            sigma = c * (torch.sigmoid(p * (h - self._u(x))) - 0.5).square()
+            return self._h(x + sigma * xi)
+        saturated = (x.abs() >= self._threshold).to(x.dtype)  # nanis
+        return self._h(x + saturated * c * xi)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -168,6 +244,7 @@ class NoisyHardSigmoid(_NoisyHard):
     _threshold = HARD_SIGMOID_THRESHOLD
     _default_mode = "nah"
     _default_alpha = 1.1
+    _slope, _offset, _h_range = 0.25, 0.5, (0.0, 1.0)
     _default_c = {"nan": 0.15, "nah": 0.15, "nani": 0.05, "nanil": 0.5, "nanis": 0.25}
 
 
@@ -184,4 +261,5 @@ class NoisyHardTanh(_NoisyHard):
     _threshold = HARD_TANH_THRESHOLD
     _default_mode = "nan"
     _default_alpha = 1.15
+    _slope, _offset, _h_range = 1.0, 0.0, (-1.0, 1.0)
     _default_c = {"nan": 0.5, "nah": 0.5, "nani": 0.05, "nanil": 0.5, "nanis": 0.25}

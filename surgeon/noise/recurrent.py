@@ -19,15 +19,23 @@ direction (each owns its per-unit parameters). ``gates``:
 
 ``gate_kwargs`` are passed to both activation constructors (e.g. ``{"mode": "nanil", "c": 0.3}``).
 The gate activations of one RNN layer form one annealer layer (a :class:`NoiseModule` group).
-The input projections of all timesteps are computed with a single matmul per layer and direction;
-only the recurrent matmul runs in the Python time loop.
+``clip_gates=True`` clamps every gate output to the range of the function it replaces ([0, 1] / [−1, 1]): the
+NAN output is unbounded and, used as a forget gate, can blow up the cell state (the authors' ``clip_output``).
+
+Speed. The input projections of all timesteps are one matmul per layer and direction, and the noise of a whole
+sequence is one draw per fused call. Each step applies the gates of one kind in one call on their concatenated
+pre-activations, with the gates' per-unit parameters concatenated once per forward: the LSTM's sigmoid call
+covers all four chunks of the (B, 4H) pre-activation (the g columns get a zero parameter and are not used — cheaper
+than reordering or concatenating chunks every step), then one call each for T_g and T_c; the GRU has one call on
+its (B, 2H) r/z block and one for n. The values are those of the gate modules called one by one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +43,79 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from surgeon.layers.checks import require_floating
-from surgeon.noise.base import NoiseModule
+from surgeon.noise.base import NoiseModule, compute_dtype
 from surgeon.noise.hard import hard_sigmoid, hard_tanh
 from surgeon.noise.mollified import MollifiedActivation
-from surgeon.noise.noisy import NoisyHardSigmoid, NoisyHardTanh
+from surgeon.noise.noisy import HardShape, NoisyHardSigmoid, NoisyHardTanh, output_noise_phi
 
 __all__ = ["GATE_KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
 
 GATE_KINDS: tuple[str, ...] = ("soft", "hard", "noisy", "mollified")
 
-Act = Callable[[torch.Tensor], torch.Tensor]
+#: A gate call of one step: (pre-activations (B, k·H), step index t) -> activations (B, k·H).
+GateCall = Callable[[torch.Tensor, int], torch.Tensor]
+State = tuple[torch.Tensor, ...]
 
-# Gate name -> base nonlinearity. "c" is the tanh applied to the LSTM cell state.
-_LSTM_GATES = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "c": "tanh"}
-_GRU_GATES = {"r": "sigmoid", "z": "sigmoid", "n": "tanh"}
+_FIXED: dict[str, dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "soft": {"sigmoid": torch.sigmoid, "tanh": torch.tanh},
+    "hard": {"sigmoid": hard_sigmoid, "tanh": hard_tanh},
+}
+_RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def _lstm_step(gx: torch.Tensor, t: int, state: State, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+               calls: Sequence[GateCall]) -> State:
+    """One LSTM step. gx: (B, 4H) input projection incl. b_ih; state (h, c) each (B, H)."""
+    h, c = state
+    pre = gx + F.linear(h, w_hh, b_hh)
+    if len(calls) == 2:  # one call for all four gates (the noisy output-noise gates in training)
+        i, f, g, o = calls[0](pre, t).chunk(4, dim=-1)
+    else:
+        i, f, _, o = calls[0](pre, t).chunk(4, dim=-1)
+        g = calls[1](pre.chunk(4, dim=-1)[2], t)
+    c_new = f * c + i * g
+    return o * calls[-1](c_new, t), c_new
+
+
+def _gru_step(gx: torch.Tensor, t: int, state: State, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+              calls: Sequence[GateCall]) -> State:
+    """One GRU step. gx: (B, 3H) input projection incl. b_ih; state (h,) with h (B, H)."""
+    (h,) = state
+    hidden = h.shape[-1]
+    x_rz, x_n = gx.split([2 * hidden, hidden], dim=-1)
+    h_rz, h_n = F.linear(h, w_hh, b_hh).split([2 * hidden, hidden], dim=-1)
+    r, z = calls[0](x_rz + h_rz, t).chunk(2, dim=-1)
+    n = calls[1](x_n + r * h_n, t)
+    return ((1.0 - z) * n + z * h,)
+
+
+@dataclass(frozen=True)
+class _Recurrence:
+    """What distinguishes the LSTM from the GRU; everything else (time loop, layers, directions) is shared."""
+
+    gates: dict[str, str]                       # gate name -> base nonlinearity ("c": tanh of the LSTM cell)
+    calls: tuple[tuple[str | None, ...], ...]   # the gates of each fused call, in pre-activation column order
+    merged: tuple[tuple[str, ...], ...]         # the same when one call may mix sigmoid- and tanh-like gates
+    n_chunks: int                               # rows of W_ih per hidden unit
+    n_states: int                               # (h, c) or (h,)
+    step: Callable[..., State]
+
+    def base(self, names: tuple[str | None, ...]) -> str:
+        return self.gates[next(n for n in names if n is not None)]
+
+    def states(self, hx: Any) -> list[torch.Tensor] | None:
+        if hx is None:
+            return None
+        return list(hx) if isinstance(hx, (tuple, list)) else [hx]
+
+    def pack(self, state: Sequence[torch.Tensor]) -> Any:
+        return tuple(state) if self.n_states > 1 else state[0]
+
+
+_LSTM = _Recurrence({"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "c": "tanh"},
+                    (("i", "f", None, "o"), ("g",), ("c",)), (("i", "f", "g", "o"), ("c",)), 4, 2, _lstm_step)
+_GRU = _Recurrence({"r": "sigmoid", "z": "sigmoid", "n": "tanh"}, (("r", "z"), ("n",)), (("r", "z"), ("n",)),
+                   3, 1, _gru_step)
 
 
 def _torch_rnn_init(module: nn.Module) -> None:
@@ -68,16 +135,14 @@ def _check_gates(gates: str) -> str:
 
 
 class _GateActivations(NoiseModule):
-    """The gate activations of one recurrent layer (all directions): one annealer layer group."""
+    """The gate activations of one recurrent layer (all directions): one annealer layer group.
 
-    def __init__(
-        self,
-        gate_spec: dict[str, str],
-        suffixes: list[str],
-        hidden_size: int,
-        gates: str,
-        gate_kwargs: dict[str, Any],
-    ) -> None:
+    ``acts[name + suffix]`` is one activation module per gate and direction, each with its own per-unit
+    parameters (the checkpoint names ``gate_activations.<layer>.acts.<gate><suffix>.*``).
+    """
+
+    def __init__(self, gate_spec: dict[str, str], suffixes: list[str], hidden_size: int, gates: str,
+                 gate_kwargs: dict[str, Any]) -> None:
         super().__init__()
         self.acts = nn.ModuleDict()
         for suffix in suffixes:
@@ -89,51 +154,168 @@ class _GateActivations(NoiseModule):
                     mod = MollifiedActivation(kind=base, num_features=hidden_size, **gate_kwargs)
                 self.acts[name + suffix] = mod
 
-    def table(self, suffix: str, gate_spec: dict[str, str]) -> dict[str, Act]:
-        return {name: self.acts[name + suffix] for name in gate_spec}
 
+def _fused_call(mods: list[nn.Module | None], hidden: int, ref: torch.Tensor, n_steps: int,
+                clip: tuple[float, float] | None) -> GateCall:
+    """Apply the activation modules ``mods`` (None: an unused column block) as one call on (B, len(mods)·H).
 
-def _fixed_table(gate_spec: dict[str, str], gates: str) -> dict[str, Act]:
-    if gates == "soft":
-        funcs: dict[str, Act] = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+    The modules' per-unit tensors are concatenated here, once per forward (gradients flow back to each module's
+    own parameters); in training the noise ξ of all ``n_steps`` steps is drawn at once.
+    """
+    first = next(m for m in mods if m is not None)
+    dtype = compute_dtype(ref)
+
+    def units(get: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        zeros = torch.zeros(hidden, dtype=dtype, device=ref.device)
+        return torch.cat([zeros if m is None else get(m).to(dtype).expand(hidden) for m in mods])
+
+    noise: Sequence[torch.Tensor | None] = [None] * n_steps
+    if first.training:
+        noise = torch.randn(n_steps, ref.shape[-2], len(mods) * hidden, dtype=dtype, device=ref.device).unbind(0)
+    if isinstance(first, MollifiedActivation):
+        a, pc = units(lambda m: m.a), units(lambda m: m.p.to(dtype) * m.c.to(dtype))
+
+        def act(x: torch.Tensor, xi: torch.Tensor | None) -> torch.Tensor:
+            return first.psi(x, xi, a, pc)
     else:
-        funcs = {"sigmoid": hard_sigmoid, "tanh": hard_tanh}
-    return {name: funcs[base] for name, base in gate_spec.items()}
+        assert isinstance(first, (NoisyHardSigmoid, NoisyHardTanh))
+        p = units(lambda m: m.p) if hasattr(first, "p") else None
+        c = units(lambda m: m.c)
+
+        def act(x: torch.Tensor, xi: torch.Tensor | None) -> torch.Tensor:
+            return first.phi(x, xi, p, c)
+
+    def call(x: torch.Tensor, t: int) -> torch.Tensor:
+        out = act(x.to(dtype), noise[t])
+        if clip is not None:
+            out = out.clamp(*clip)
+        return out.to(x.dtype)
+
+    return call
 
 
-def _lstm_step(
-    gx: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    w_hh: torch.Tensor,
-    b_hh: torch.Tensor | None,
-    act: dict[str, Act],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step. gx: (B, 4H) input projection incl. b_ih; h, c: (B, H)."""
-    gates = gx + F.linear(h, w_hh, b_hh)
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c_new = act["f"](f) * c + act["i"](i) * act["g"](g)
-    h_new = act["o"](o) * act["c"](c_new)
-    return h_new, c_new
+def _output_noise_call(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> GateCall:
+    """Noisy nan/nah gates in training, sigmoid- and tanh-like alike, as one :func:`output_noise_phi` per step.
+
+    Their shapes, p and noise factors sgn(1 − α)·c are concatenated per unit; ε of all steps is drawn at once.
+    """
+    dtype = compute_dtype(ref)
+    gates = [m for m in mods if isinstance(m, (NoisyHardSigmoid, NoisyHardTanh))]
+    shape = HardShape.of(gates, hidden, torch.empty(0, dtype=dtype, device=ref.device))
+    p = torch.cat([m.p.to(dtype).expand(hidden) for m in gates])
+    factor = torch.cat([(m.c.to(dtype) * (1.0 if 1.0 - m.alpha >= 0 else -1.0)).expand(hidden) for m in gates])
+    xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
+    noise = ((xi if gates[0].mode == "nan" else xi.abs()) * factor).unbind(0)
+    bounds = (shape.lo, shape.hi) if clip else None
+    cast = dtype != ref.dtype
+
+    def call(x: torch.Tensor, t: int) -> torch.Tensor:
+        out = output_noise_phi(x.to(dtype) if cast else x, p, noise[t], shape)
+        if bounds is not None:
+            out = torch.clamp(out, *bounds)
+        return out.to(ref.dtype) if cast else out
+
+    return call
 
 
-def _gru_step(
-    gx: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None, act: dict[str, Act]
-) -> torch.Tensor:
-    """One GRU step. gx: (B, 3H) input projection incl. b_ih; h: (B, H)."""
-    gh = F.linear(h, w_hh, b_hh)
-    x_r, x_z, x_n = gx.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
-    r = act["r"](x_r + h_r)
-    z = act["z"](x_z + h_z)
-    n = act["n"](x_n + r * h_n)
-    return (1.0 - z) * n + z * h
+def _gate_calls(rec: _Recurrence, kind: str, group: _GateActivations | None, suffix: str, hidden: int,
+                ref: torch.Tensor, n_steps: int, clip: bool) -> list[GateCall]:
+    """The fused gate calls of one layer and direction; ``ref``: (…, B, F) input, for batch, dtype and device."""
+    if group is not None and kind == "noisy":
+        first = group.acts[rec.merged[0][0] + suffix]
+        if first.training and getattr(first, "mode", None) in ("nan", "nah"):
+            return [_output_noise_call([group.acts[n + suffix] for n in names], hidden, ref, n_steps, clip)
+                    for names in rec.merged]
+    calls: list[GateCall] = []
+    for names in rec.calls:
+        base = rec.base(names)
+        if group is None:
+            fn = _FIXED[kind][base]
+            calls.append(lambda x, t, fn=fn: fn(x))
+            continue
+        mods = [None if n is None else group.acts[n + suffix] for n in names]
+        calls.append(_fused_call(mods, hidden, ref, n_steps, _RANGE[base] if clip else None))
+    return calls
 
 
-class _NoisyRNNBase(nn.Module):
-    _gate_spec: dict[str, str]
-    _n_chunks: int
+def _run_direction(rec: _Recurrence, xp: torch.Tensor, state: State, w_hh: torch.Tensor,
+                   b_hh: torch.Tensor | None, calls: Sequence[GateCall],
+                   valid: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+    """The time loop: xp (T, B, G·H) input projections → outputs (T, B, H) and the final state."""
+    outs = []
+    for t, gx in enumerate(xp.unbind(0)):
+        new = rec.step(gx, t, state, w_hh, b_hh, calls)
+        if valid is not None:
+            # Padded steps of packed sequences keep the state and output zeros, as torch does.
+            m = valid[t].unsqueeze(-1)
+            new = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
+            outs.append(torch.where(m, new[0], torch.zeros_like(new[0])))
+        else:
+            outs.append(new[0])
+        state = new
+    return torch.stack(outs, 0), state
+
+
+def _transfer(new: nn.Module, old: nn.Module) -> None:
+    """Copy a torch RNN's parameters; only the gate activations' own parameters may be missing."""
+    result = new.load_state_dict(old.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("gate_activations.")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"state_dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+class _GatedBase(nn.Module):
+    """What the RNNs and the cells share: gate kind, gate modules, clipping, init, copying from torch."""
+
+    _rec: _Recurrence
     _torch_cls: type[nn.Module]
+    _size_fields: tuple[str, ...]
+
+    def _setup_gates(self, gates: str, gate_kwargs: dict[str, Any] | None, clip_gates: bool) -> None:
+        self.gates = _check_gates(gates)
+        self.gate_kwargs = dict(gate_kwargs or {})
+        self.clip_gates = bool(clip_gates)
+
+    def _new_group(self, suffixes: list[str], device: torch.device | str | None) -> _GateActivations | None:
+        if self.gates not in ("noisy", "mollified"):
+            return None
+        group = _GateActivations(self._rec.gates, suffixes, self.hidden_size, self.gates, self.gate_kwargs)
+        return group.to(device=device)
+
+    def _calls(self, group: _GateActivations | None, suffix: str, ref: torch.Tensor, n_steps: int) -> list[GateCall]:
+        return _gate_calls(self._rec, self.gates, group, suffix, self.hidden_size, ref, n_steps, self.clip_gates)
+
+    def reset_parameters(self) -> None:
+        _torch_rnn_init(self)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor kwargs."""
+        cfg = {name: getattr(self, name) for name in self._size_fields}
+        cfg.update(gates=self.gates, gate_kwargs=dict(self.gate_kwargs), clip_gates=self.clip_gates)
+        return cfg
+
+    @classmethod
+    def from_torch(cls: type[_M], module: nn.Module, **kwargs: Any) -> _M:
+        """Copy a torch module of the matching class (weights, sizes, layout); ``kwargs`` set ``gates``,
+        ``gate_kwargs`` and ``clip_gates``."""
+        torch_cls = cls._torch_cls  # type: ignore[attr-defined]
+        if not isinstance(module, torch_cls):
+            raise TypeError(f"{cls.__name__}.from_torch expects {torch_cls.__name__}, got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise NotImplementedError("LSTM with proj_size > 0 is not supported")
+        ref = next(module.parameters())
+        sizes = {name: getattr(module, name) for name in cls._size_fields}  # type: ignore[attr-defined]
+        new = cls(**sizes, **kwargs, device=ref.device, dtype=ref.dtype)
+        _transfer(new, module)
+        new.train(module.training)
+        return new
+
+
+class _NoisyRNNBase(_GatedBase):
+    _size_fields = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
     def __init__(
         self,
@@ -146,6 +328,7 @@ class _NoisyRNNBase(nn.Module):
         bidirectional: bool = False,
         gates: str = "noisy",
         gate_kwargs: dict[str, Any] | None = None,
+        clip_gates: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -161,91 +344,32 @@ class _NoisyRNNBase(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.gates = _check_gates(gates)
-        self.gate_kwargs = dict(gate_kwargs or {})
+        self._setup_gates(gates, gate_kwargs, clip_gates)
         self._suffixes = ["", "_reverse"] if bidirectional else [""]
         factory = {"device": device, "dtype": dtype}
-        gh = self._n_chunks * hidden_size
+        gh = self._rec.n_chunks * hidden_size
         for layer in range(num_layers):
             layer_in = input_size if layer == 0 else hidden_size * len(self._suffixes)
             for sfx in self._suffixes:
-                self.register_parameter(
-                    f"weight_ih_l{layer}{sfx}", nn.Parameter(torch.empty(gh, layer_in, **factory))
-                )
-                self.register_parameter(
-                    f"weight_hh_l{layer}{sfx}", nn.Parameter(torch.empty(gh, hidden_size, **factory))
-                )
+                shapes = {"weight_ih": (gh, layer_in), "weight_hh": (gh, hidden_size)}
                 if bias:
-                    self.register_parameter(
-                        f"bias_ih_l{layer}{sfx}", nn.Parameter(torch.empty(gh, **factory))
-                    )
-                    self.register_parameter(
-                        f"bias_hh_l{layer}{sfx}", nn.Parameter(torch.empty(gh, **factory))
-                    )
-        if self.gates in ("noisy", "mollified"):
-            self.gate_activations: nn.ModuleList | None = nn.ModuleList(
-                _GateActivations(self._gate_spec, self._suffixes, hidden_size, self.gates, self.gate_kwargs)
-                for _ in range(num_layers)
-            )
-            self.gate_activations.to(device=device)
-        else:
-            self.gate_activations = None
+                    shapes.update(bias_ih=(gh,), bias_hh=(gh,))
+                for kind, shape in shapes.items():
+                    self.register_parameter(f"{kind}_l{layer}{sfx}", nn.Parameter(torch.empty(shape, **factory)))
+        groups = [self._new_group(self._suffixes, device) for _ in range(num_layers)]
+        self.gate_activations: nn.ModuleList | None = None if groups[0] is None else nn.ModuleList(groups)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        _torch_rnn_init(self)
+    def _weights(self, layer: int, sfx: str) -> tuple[torch.Tensor, ...]:
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+        found = [getattr(self, f"{name}_l{layer}{sfx}") for name in names]
+        return tuple(found) if self.bias else (found[0], found[1], None, None)
 
-    def _weights(
-        self, layer: int, sfx: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        w_ih = getattr(self, f"weight_ih_l{layer}{sfx}")
-        w_hh = getattr(self, f"weight_hh_l{layer}{sfx}")
-        b_ih = getattr(self, f"bias_ih_l{layer}{sfx}") if self.bias else None
-        b_hh = getattr(self, f"bias_hh_l{layer}{sfx}") if self.bias else None
-        return w_ih, w_hh, b_ih, b_hh
-
-    def _acts(self, layer: int, sfx: str) -> dict[str, Act]:
-        if self.gate_activations is None:
-            return _fixed_table(self._gate_spec, self.gates)
-        group = self.gate_activations[layer]
-        assert isinstance(group, _GateActivations)
-        return group.table(sfx, self._gate_spec)
-
-    def _run_direction(
-        self,
-        xp: torch.Tensor,
-        state: tuple[torch.Tensor, ...],
-        w_hh: torch.Tensor,
-        b_hh: torch.Tensor | None,
-        act: dict[str, Act],
-        valid: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Run the recurrence over xp: (T, B, G·H) → outputs (T, B, H) and the final state."""
-        outs = []
-        for t in range(xp.shape[0]):
-            new = self._step(xp[t], state, w_hh, b_hh, act)
-            if valid is not None:
-                # Padded steps of packed sequences keep the state and output zeros, as torch does.
-                m = valid[t].unsqueeze(-1)
-                new = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
-                outs.append(torch.where(m, new[0], torch.zeros_like(new[0])))
-            else:
-                outs.append(new[0])
-            state = new
-        return torch.stack(outs, 0), state
-
-    def _step(
-        self,
-        gx: torch.Tensor,
-        state: tuple[torch.Tensor, ...],
-        w_hh: torch.Tensor,
-        b_hh: torch.Tensor | None,
-        act: dict[str, Act],
-    ) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError  # pragma: no cover - defined by NoisyLSTM / NoisyGRU
-
-    def _initial_state(self, hx: Any, batch: int, ref: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - defined by NoisyLSTM / NoisyGRU
+    def forward(self, input: torch.Tensor | PackedSequence, hx: Any = None) -> tuple[Any, Any]:
+        """As the torch module's forward: (output, h_n) for the GRU, (output, (h_n, c_n)) for the LSTM."""
+        require_floating(input, self)
+        output, final = self._forward_impl(input, hx)
+        return output, self._rec.pack(final)
 
     def _forward_impl(
         self, input: torch.Tensor | PackedSequence, hx: Any
@@ -271,7 +395,7 @@ class _NoisyRNNBase(nn.Module):
         n_steps, batch = x.shape[0], x.shape[1]
         if x.shape[-1] != self.input_size:
             raise ValueError(f"expected input_size={self.input_size}, got {x.shape[-1]}")
-        states = self._initial_state(hx, batch, x)  # each (L·D, B, H)
+        states = self._rec.states(hx) or [self._zeros(batch, x) for _ in range(self._rec.n_states)]
         valid = rev_idx = None
         if lengths is not None:
             steps = torch.arange(n_steps, device=x.device).unsqueeze(1)
@@ -284,6 +408,7 @@ class _NoisyRNNBase(nn.Module):
         n_dirs = len(self._suffixes)
         for layer in range(self.num_layers):
             dir_outs = []
+            group = None if self.gate_activations is None else self.gate_activations[layer]
             for d, sfx in enumerate(self._suffixes):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, sfx)
                 xp = F.linear(layer_in, w_ih, b_ih)  # all timesteps in one matmul
@@ -291,15 +416,10 @@ class _NoisyRNNBase(nn.Module):
                 state = tuple(s[k] for s in states)
                 reverse = sfx == "_reverse"
                 if reverse:
-                    xp = xp.flip(0) if rev_idx is None else xp.gather(0, rev_idx.unsqueeze(-1).expand_as(xp))
-                out, state = self._run_direction(xp, state, w_hh, b_hh, self._acts(layer, sfx), valid)
-                if reverse:
-                    out = (
-                        out.flip(0)
-                        if rev_idx is None
-                        else out.gather(0, rev_idx.unsqueeze(-1).expand_as(out))
-                    )
-                dir_outs.append(out)
+                    xp = _reverse_time(xp, rev_idx)
+                calls = self._calls(group, sfx, x, n_steps)
+                out, state = _run_direction(self._rec, xp, state, w_hh, b_hh, calls, valid)
+                dir_outs.append(_reverse_time(out, rev_idx) if reverse else out)
                 for f_list, s in zip(finals, state, strict=True):
                     f_list.append(s)
             layer_in = torch.cat(dir_outs, dim=-1) if n_dirs > 1 else dir_outs[0]
@@ -332,44 +452,6 @@ class _NoisyRNNBase(nn.Module):
         n = self.num_layers * len(self._suffixes)
         return torch.zeros(n, batch, self.hidden_size, dtype=ref.dtype, device=ref.device)
 
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor kwargs."""
-        return {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "batch_first": self.batch_first,
-            "dropout": self.dropout,
-            "bidirectional": self.bidirectional,
-            "gates": self.gates,
-            "gate_kwargs": dict(self.gate_kwargs),
-        }
-
-    @classmethod
-    def _from_torch_impl(cls, module: nn.Module, **kwargs: Any) -> Any:
-        if not isinstance(module, cls._torch_cls):
-            raise TypeError(
-                f"{cls.__name__}.from_torch expects {cls._torch_cls.__name__}, got {type(module).__name__}"
-            )
-        if getattr(module, "proj_size", 0):
-            raise NotImplementedError("LSTM with proj_size > 0 is not supported")
-        ref = next(module.parameters())
-        cfg = {
-            "input_size": module.input_size,
-            "hidden_size": module.hidden_size,
-            "num_layers": module.num_layers,
-            "bias": module.bias,
-            "batch_first": module.batch_first,
-            "dropout": float(module.dropout),
-            "bidirectional": module.bidirectional,
-        }
-        cfg.update(kwargs)
-        new = cls(**cfg, device=ref.device, dtype=ref.dtype)
-        _transfer(new, module)
-        new.train(module.training)
-        return new
-
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
@@ -377,12 +459,9 @@ class _NoisyRNNBase(nn.Module):
         )
 
 
-def _transfer(new: nn.Module, old: nn.Module) -> None:
-    """Copy a torch RNN's parameters; only the gate activations' own parameters may be missing."""
-    result = new.load_state_dict(old.state_dict(), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("gate_activations.")]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"state_dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+def _reverse_time(seq: torch.Tensor, rev_idx: torch.Tensor | None) -> torch.Tensor:
+    """Flip (T, B, ·) in time; with packed lengths, each sequence inside its own length."""
+    return seq.flip(0) if rev_idx is None else seq.gather(0, rev_idx.unsqueeze(-1).expand_as(seq))
 
 
 class NoisyLSTM(_NoisyRNNBase):
@@ -393,37 +472,8 @@ class NoisyLSTM(_NoisyRNNBase):
     input) and (h_n, c_n) each (L·D, B, H), exactly as ``nn.LSTM``.
     """
 
-    _gate_spec = _LSTM_GATES
-    _n_chunks = 4
+    _rec = _LSTM
     _torch_cls = nn.LSTM
-
-    def _step(
-        self,
-        gx: torch.Tensor,
-        state: tuple[torch.Tensor, ...],
-        w_hh: torch.Tensor,
-        b_hh: torch.Tensor | None,
-        act: dict[str, Act],
-    ) -> tuple[torch.Tensor, ...]:
-        return _lstm_step(gx, state[0], state[1], w_hh, b_hh, act)
-
-    def _initial_state(self, hx: Any, batch: int, ref: torch.Tensor) -> list[torch.Tensor]:
-        if hx is None:
-            return [self._zeros(batch, ref), self._zeros(batch, ref)]
-        h0, c0 = hx
-        return [h0, c0]
-
-    def forward(
-        self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor | PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
-        require_floating(input, self)
-        output, (h_n, c_n) = self._forward_impl(input, hx)
-        return output, (h_n, c_n)
-
-    @classmethod
-    def from_torch(cls, module: nn.LSTM, **kwargs: Any) -> NoisyLSTM:
-        """Copy an ``nn.LSTM`` (weights, sizes, layout); ``kwargs`` set ``gates``/``gate_kwargs``."""
-        return cls._from_torch_impl(module, **kwargs)
 
 
 class NoisyGRU(_NoisyRNNBase):
@@ -433,40 +483,12 @@ class NoisyGRU(_NoisyRNNBase):
     (T, B, D·H) and h_n (L·D, B, H), exactly as ``nn.GRU``.
     """
 
-    _gate_spec = _GRU_GATES
-    _n_chunks = 3
+    _rec = _GRU
     _torch_cls = nn.GRU
 
-    def _step(
-        self,
-        gx: torch.Tensor,
-        state: tuple[torch.Tensor, ...],
-        w_hh: torch.Tensor,
-        b_hh: torch.Tensor | None,
-        act: dict[str, Act],
-    ) -> tuple[torch.Tensor, ...]:
-        return (_gru_step(gx, state[0], w_hh, b_hh, act),)
 
-    def _initial_state(self, hx: Any, batch: int, ref: torch.Tensor) -> list[torch.Tensor]:
-        return [self._zeros(batch, ref) if hx is None else hx]
-
-    def forward(
-        self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
-        require_floating(input, self)
-        output, (h_n,) = self._forward_impl(input, hx)
-        return output, h_n
-
-    @classmethod
-    def from_torch(cls, module: nn.GRU, **kwargs: Any) -> NoisyGRU:
-        """Copy an ``nn.GRU`` (weights, sizes, layout); ``kwargs`` set ``gates``/``gate_kwargs``."""
-        return cls._from_torch_impl(module, **kwargs)
-
-
-class _NoisyCellBase(nn.Module):
-    _gate_spec: dict[str, str]
-    _n_chunks: int
-    _torch_cls: type[nn.Module]
+class _NoisyCellBase(_GatedBase):
+    _size_fields = ("input_size", "hidden_size", "bias")
 
     def __init__(
         self,
@@ -475,6 +497,7 @@ class _NoisyCellBase(nn.Module):
         bias: bool = True,
         gates: str = "noisy",
         gate_kwargs: dict[str, Any] | None = None,
+        clip_gates: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -482,10 +505,9 @@ class _NoisyCellBase(nn.Module):
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.bias = bool(bias)
-        self.gates = _check_gates(gates)
-        self.gate_kwargs = dict(gate_kwargs or {})
+        self._setup_gates(gates, gate_kwargs, clip_gates)
         factory = {"device": device, "dtype": dtype}
-        gh = self._n_chunks * hidden_size
+        gh = self._rec.n_chunks * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gh, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size, **factory))
         if bias:
@@ -494,48 +516,25 @@ class _NoisyCellBase(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        if self.gates in ("noisy", "mollified"):
-            self.gate_activations: _GateActivations | None = _GateActivations(
-                self._gate_spec, [""], hidden_size, self.gates, self.gate_kwargs
-            ).to(device=device)
-        else:
-            self.gate_activations = None
+        self.gate_activations: _GateActivations | None = self._new_group([""], device)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        _torch_rnn_init(self)
-
-    def _acts(self) -> dict[str, Act]:
-        if self.gate_activations is None:
-            return _fixed_table(self._gate_spec, self.gates)
-        return self.gate_activations.table("", self._gate_spec)
-
-    def _zeros(self, input: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(input.shape[0], self.hidden_size, dtype=input.dtype, device=input.device)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able constructor kwargs."""
-        return {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "bias": self.bias,
-            "gates": self.gates,
-            "gate_kwargs": dict(self.gate_kwargs),
-        }
-
-    @classmethod
-    def _from_torch_impl(cls, module: nn.Module, **kwargs: Any) -> Any:
-        if not isinstance(module, cls._torch_cls):
-            raise TypeError(
-                f"{cls.__name__}.from_torch expects {cls._torch_cls.__name__}, got {type(module).__name__}"
-            )
-        ref = module.weight_ih
-        cfg = {"input_size": module.input_size, "hidden_size": module.hidden_size, "bias": module.bias}
-        cfg.update(kwargs)
-        new = cls(**cfg, device=ref.device, dtype=ref.dtype)
-        _transfer(new, module)
-        new.train(module.training)
-        return new
+    def forward(self, input: torch.Tensor, hx: Any = None) -> Any:
+        """One step of the shared recurrence: input (B, F_in) or (F_in,); returns h' (GRU) or (h', c') (LSTM)."""
+        require_floating(input, self)
+        unbatched = input.dim() == 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        state = self._rec.states(hx)
+        if state is None:
+            state = [torch.zeros(input.shape[0], self.hidden_size, dtype=input.dtype, device=input.device)
+                     for _ in range(self._rec.n_states)]
+        elif unbatched:
+            state = [s.unsqueeze(0) for s in state]
+        gx = F.linear(input, self.weight_ih, self.bias_ih)
+        calls = self._calls(self.gate_activations, "", input, 1)
+        new = self._rec.step(gx, 0, tuple(state), self.weight_hh, self.bias_hh, calls)
+        return self._rec.pack([s.squeeze(0) for s in new] if unbatched else new)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, gates={self.gates!r}"
@@ -544,50 +543,12 @@ class _NoisyCellBase(nn.Module):
 class NoisyLSTMCell(_NoisyCellBase):
     """Drop-in ``nn.LSTMCell``: forward(input (B, F_in) or (F_in,), hx=(h, c)) → (h', c')."""
 
-    _gate_spec = _LSTM_GATES
-    _n_chunks = 4
+    _rec = _LSTM
     _torch_cls = nn.LSTMCell
-
-    def forward(
-        self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        require_floating(input, self)
-        unbatched = input.dim() == 1
-        if unbatched:
-            input = input.unsqueeze(0)
-            hx = None if hx is None else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        h, c = (self._zeros(input), self._zeros(input)) if hx is None else hx
-        gx = F.linear(input, self.weight_ih, self.bias_ih)
-        h, c = _lstm_step(gx, h, c, self.weight_hh, self.bias_hh, self._acts())
-        if unbatched:
-            return h.squeeze(0), c.squeeze(0)
-        return h, c
-
-    @classmethod
-    def from_torch(cls, module: nn.LSTMCell, **kwargs: Any) -> NoisyLSTMCell:
-        """Copy an ``nn.LSTMCell``; ``kwargs`` set ``gates``/``gate_kwargs``."""
-        return cls._from_torch_impl(module, **kwargs)
 
 
 class NoisyGRUCell(_NoisyCellBase):
     """Drop-in ``nn.GRUCell``: forward(input (B, F_in) or (F_in,), hx (B, H)) → h'."""
 
-    _gate_spec = _GRU_GATES
-    _n_chunks = 3
+    _rec = _GRU
     _torch_cls = nn.GRUCell
-
-    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
-        require_floating(input, self)
-        unbatched = input.dim() == 1
-        if unbatched:
-            input = input.unsqueeze(0)
-            hx = None if hx is None else hx.unsqueeze(0)
-        h = self._zeros(input) if hx is None else hx
-        gx = F.linear(input, self.weight_ih, self.bias_ih)
-        h = _gru_step(gx, h, self.weight_hh, self.bias_hh, self._acts())
-        return h.squeeze(0) if unbatched else h
-
-    @classmethod
-    def from_torch(cls, module: nn.GRUCell, **kwargs: Any) -> NoisyGRUCell:
-        """Copy an ``nn.GRUCell``; ``kwargs`` set ``gates``/``gate_kwargs``."""
-        return cls._from_torch_impl(module, **kwargs)

@@ -56,9 +56,29 @@ def test_loss_exp_matches_eq_4_31_by_hand():
     assert ann.t == len(losses)
 
 
+def test_loss_exp_stops_when_sum_of_p_reaches_delta():
+    """The thesis' rule: freeze once Σ_l p_t^l ≤ δ. Hand values: p_l = 1 − exp(−30 l / (3 t)), loss 1."""
+    def sum_p(t):
+        return sum(1 - math.exp(-10 * layer / t) for layer in (1, 2, 3))
+
+    # Σp starts near 3 and falls: 2.0249 at t = 16, 1.9651 at t = 17 — the first t with Σp ≤ 2
+    assert sum_p(16) > 2.0 >= sum_p(17)
+    ann = Annealer(mollified_mlp(), "loss-exp", k=30.0, beta=0.0, delta=2.0)
+    steps = 0
+    while not ann.stopped and steps < 100:
+        ann.step(1.0)
+        steps += 1
+    assert steps == 17
+    frozen = ann.get_last()
+    assert frozen == pytest.approx([1 - math.exp(-10 * layer / 17) for layer in (1, 2, 3)], rel=1e-12)
+    assert ann.step(0.01) == frozen
+    with pytest.raises(ValueError, match="stop_on"):
+        Annealer(mollified_mlp(), "loss-exp", stop_on="depth")
+
+
 def test_loss_exp_stops_at_expected_depth():
     model = mollified_mlp()
-    ann = Annealer(model, "loss-exp", k=30.0, beta=0.0, delta=1.5)
+    ann = Annealer(model, "loss-exp", k=30.0, beta=0.0, delta=1.5, stop_on="expected-depth")
     history = []
     for _ in range(50):
         history.append(ann.step(1.0))

@@ -20,10 +20,14 @@ Schedules (``t`` is the number of ``step`` calls so far):
   At t → 0 the exponent diverges so p → 1 for every layer, matching "all layers start at p = 1";
   the factor l makes lower layers' p smaller, i.e. they anneal faster, as the thesis intends. The
   thesis prints v_t^l; the slides (and SPEC) print v_t·l — only the latter gives lower layers a
-  faster schedule, so it is used. Stop rule: the thesis says annealing stops when the "expected
-  depth Σ_l p_t^l" reaches δ; since p is a *skip* probability the expected number of active layers is
-  Σ_l (1 − p_t^l), and that is what is compared with ``delta`` (stop once Σ_l (1 − p_t^l) ≥ δ; the
-  literal Σ_l p_t^l ≤ L − δ is the same rule). After stopping the values stay frozen.
+  faster schedule, so it is used. Stop rule ``delta`` (None = never stop), read by ``stop_on``:
+
+  - ``"sum-p"`` (default, the thesis' words: annealing stops when "Σ_l p_t^l reaches δ"): p falls from 1
+    towards 0, so Σ_l p starts at L and the schedule freezes once Σ_l p_t^l ≤ δ;
+  - ``"expected-depth"``: p is a *skip* probability, so the expected number of active layers is
+    Σ_l (1 − p_t^l); freeze once it is ≥ δ (the same as Σ_l p ≤ L − δ).
+
+  After stopping the values stay frozen.
 * ``"linear"`` / ``"sqrt"`` (mollifying-networks slides; sets ``p``): p_t = max(p_min, 1 − t/N) and
   max(p_min, 1 − sqrt(t/N)), N = ``total_steps``. The slides print min(p_min, ·), which would pin p
   at p_min from the first step and let it go negative; max() is the evident intent. Same p for all
@@ -42,12 +46,14 @@ from torch import nn
 
 from surgeon.noise.base import NoiseModule
 
-__all__ = ["SCHEDULES", "Annealer"]
+__all__ = ["SCHEDULES", "STOP_RULES", "Annealer"]
 
 SCHEDULES: tuple[str, ...] = ("loss-exp", "linear", "sqrt", "inv-sqrt")
+#: Readings of the loss-exp stop rule ``delta`` (see the module docstring).
+STOP_RULES: tuple[str, ...] = ("sum-p", "expected-depth")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "loss-exp": {"k": 100.0, "beta": 0.9, "delta": None, "num_layers": None},
+    "loss-exp": {"k": 100.0, "beta": 0.9, "delta": None, "stop_on": "sum-p", "num_layers": None},
     "linear": {"total_steps": None, "p_min": 0.0},
     "sqrt": {"total_steps": None, "p_min": 0.0},
     "inv-sqrt": {"c0": 30.0, "c_min": 0.5, "every": 200},
@@ -60,8 +66,9 @@ class Annealer:
     Args:
         model: the network containing :class:`NoiseModule` instances.
         schedule: one of ``"loss-exp"``, ``"linear"``, ``"sqrt"``, ``"inv-sqrt"``.
-        **kw: schedule hyperparameters — loss-exp: ``k`` (1.0), ``beta`` (0.9, loss EMA factor),
-            ``delta`` (None = never stop), ``num_layers`` (None = largest layer index);
+        **kw: schedule hyperparameters — loss-exp: ``k`` (100.0), ``beta`` (0.9, loss EMA factor),
+            ``delta`` (None = never stop), ``stop_on`` ("sum-p": stop once Σ_l p ≤ δ, the thesis' rule;
+            "expected-depth": once Σ_l (1 − p) ≥ δ), ``num_layers`` (None = largest layer index);
             linear/sqrt: ``total_steps`` (required), ``p_min`` (0.0);
             inv-sqrt: ``c0`` (30), ``c_min`` (0.5), ``every`` (200).
     """
@@ -96,6 +103,8 @@ class Annealer:
                 raise ValueError("k must be >= 0")
             if not 0.0 <= h["beta"] < 1.0:
                 raise ValueError("beta must lie in [0, 1)")
+            if h["stop_on"] not in STOP_RULES:
+                raise ValueError(f"stop_on must be one of {STOP_RULES}, got {h['stop_on']!r}")
         elif self.schedule in ("linear", "sqrt"):
             if h["total_steps"] is None or h["total_steps"] <= 0:
                 raise ValueError(f"schedule {self.schedule!r} needs total_steps > 0")
@@ -192,9 +201,10 @@ class Annealer:
         self._apply(values)
         delta = self.hparams.get("delta")
         if self.schedule == "loss-exp" and delta is not None:
-            expected_depth = sum(1.0 - p for p in values)
-            if expected_depth >= delta:
-                self.stopped = True
+            if self.hparams.get("stop_on", "sum-p") == "sum-p":
+                self.stopped = sum(values) <= delta
+            else:
+                self.stopped = sum(1.0 - p for p in values) >= delta
         return self.get_last()
 
     def get_last(self) -> list[float]:

@@ -205,3 +205,19 @@ def test_layers_explicit_indices_and_errors():
     # a noisy activation (no p) is not driven by a p schedule and takes no layer number
     mixed = nn.Sequential(NoisyHardSigmoid(), MollifiedActivation())
     assert [(n, layer) for n, _, layer in Annealer(mixed, "sqrt", total_steps=4).targets] == [("1", 1)]
+
+
+def test_inv_sqrt_on_a_continuous_time_scale_reaches_its_floor_when_fitted():
+    from surgeon.noise.annealer import inv_sqrt_every
+
+    every = inv_sqrt_every(30.0, 0.5, 800)
+    assert every == pytest.approx(800 / 3599)  # (30 / 0.5)² − 1 = 3599
+    lstm = NoisyLSTM(3, 4, gates="noisy")
+    ann = Annealer(lstm, "inv-sqrt", c0=30.0, c_min=0.5, every=every, continuous=True)
+    values = [ann.step()[0] for _ in range(1000)]
+    # by hand: c_t = max(0.5, 30 / sqrt(t · 3599 / 800 + 1)), t = 1, 2, ...
+    assert values[0] == pytest.approx(30 / math.sqrt(3599 / 800 + 1), rel=1e-12)
+    assert values[399] == pytest.approx(30 / math.sqrt(400 * 3599 / 800 + 1), rel=1e-12)
+    assert values[798] > 0.5 and values[799] == pytest.approx(0.5) and values[-1] == 0.5
+    with pytest.raises(ValueError):
+        Annealer(lstm, "inv-sqrt", every=0.5)  # a fractional every needs continuous=True

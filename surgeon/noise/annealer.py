@@ -33,7 +33,9 @@ Schedules (``t`` is the number of ``step`` calls so far):
   at p_min from the first step and let it go negative; max() is the evident intent. Same p for all
   layers.
 * ``"inv-sqrt"`` (§4.3.6.6; sets ``c``): c_t = max(c_min, c0 / sqrt(n + 1)), n = ⌊t / every⌋,
-  defaults c0 = 30, c_min = 0.5, every = 200.
+  defaults c0 = 30, c_min = 0.5, every = 200. ``continuous=True`` drops the floor: n = t / every with
+  ``every`` any positive number — the thesis' curve on a time scale fitted to a shorter run (see
+  :func:`inv_sqrt_every`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch import nn
 
 from surgeon.noise.base import NoiseModule
 
-__all__ = ["SCHEDULES", "STOP_RULES", "Annealer"]
+__all__ = ["SCHEDULES", "STOP_RULES", "Annealer", "inv_sqrt_every"]
 
 SCHEDULES: tuple[str, ...] = ("loss-exp", "linear", "sqrt", "inv-sqrt")
 #: Readings of the loss-exp stop rule ``delta`` (see the module docstring).
@@ -56,8 +58,19 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "loss-exp": {"k": 100.0, "beta": 0.9, "delta": None, "stop_on": "sum-p", "num_layers": None},
     "linear": {"total_steps": None, "p_min": 0.0},
     "sqrt": {"total_steps": None, "p_min": 0.0},
-    "inv-sqrt": {"c0": 30.0, "c_min": 0.5, "every": 200},
+    "inv-sqrt": {"c0": 30.0, "c_min": 0.5, "every": 200, "continuous": False},
 }
+
+
+def inv_sqrt_every(c0: float, c_min: float, floor_step: float) -> float:
+    """The continuous ``every`` for which c0 / sqrt(t / every + 1) reaches c_min at update ``floor_step``.
+
+    c0 / sqrt(T / e + 1) = c_min  ⇔  e = T / ((c0 / c_min)² − 1). The thesis (c0 = 30, c_min = 0.5, every = 200)
+    reaches its floor at update 200·3599 ≈ 720,000; a run of N updates keeps that shape with floor_step ≈ 0.8 N.
+    """
+    if not 0 < c_min < c0 or floor_step <= 0:
+        raise ValueError("inv_sqrt_every needs 0 < c_min < c0 and floor_step > 0")
+    return float(floor_step) / ((c0 / c_min) ** 2 - 1.0)
 
 
 class Annealer:
@@ -70,7 +83,7 @@ class Annealer:
             ``delta`` (None = never stop), ``stop_on`` ("sum-p": stop once Σ_l p ≤ δ, the thesis' rule;
             "expected-depth": once Σ_l (1 − p) ≥ δ), ``num_layers`` (None = largest layer index);
             linear/sqrt: ``total_steps`` (required), ``p_min`` (0.0);
-            inv-sqrt: ``c0`` (30), ``c_min`` (0.5), ``every`` (200).
+            inv-sqrt: ``c0`` (30), ``c_min`` (0.5), ``every`` (200), ``continuous`` (False).
     """
 
     def __init__(self, model: nn.Module, schedule: str = "loss-exp", **kw: Any) -> None:
@@ -111,8 +124,8 @@ class Annealer:
             if not 0.0 <= h["p_min"] <= 1.0:
                 raise ValueError("p_min must lie in [0, 1]")
         else:
-            if h["c0"] < 0 or h["c_min"] < 0 or int(h["every"]) < 1:
-                raise ValueError("inv-sqrt needs c0 >= 0, c_min >= 0 and every >= 1")
+            if h["c0"] < 0 or h["c_min"] < 0 or not (h["every"] > 0 if h["continuous"] else int(h["every"]) >= 1):
+                raise ValueError("inv-sqrt needs c0 >= 0, c_min >= 0 and every >= 1 (every > 0 if continuous)")
 
     def _attr_name(self) -> str:
         return "scale c" if self.schedule == "inv-sqrt" else "level p"
@@ -154,7 +167,8 @@ class Annealer:
         """Values for the current t, one per entry of ``layer_ids``."""
         h, t = self.hparams, self.t
         if self.schedule == "inv-sqrt":
-            c = max(h["c_min"], h["c0"] / math.sqrt(t // int(h["every"]) + 1))
+            n = t / float(h["every"]) if h.get("continuous") else t // int(h["every"])
+            c = max(h["c_min"], h["c0"] / math.sqrt(n + 1))
             return [float(c)] * len(self.layer_ids)
         if self.schedule in ("linear", "sqrt"):
             frac = t / h["total_steps"]

@@ -273,6 +273,45 @@ def train(ctx: RecipeContext, model: nn.Module, optimizer: torch.optim.Optimizer
     return result
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_jobs(ctx: RecipeContext, fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int = 1) -> list[Any]:
+    """``[fn(ctx, **job) for job in jobs]``, in ``workers`` processes (one CPU thread each) when ``workers > 1``.
+
+    Independent trainings (variants × seeds) are what a recipe repeats; on a 2-core machine two processes halve the
+    wall time. ``fn`` must be a module-level function; each result is a picklable value. Runs in this process when
+    distributed, when ``workers <= 1`` or for a single job. Jobs seed themselves (from their arguments), so the
+    results do not depend on the number of workers.
+    """
+    if workers <= 1 or len(jobs) <= 1 or ctx.distributed:
+        return [fn(ctx, **job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    light = RecipeContext(name=ctx.name, out_dir=ctx.out_dir, seed=ctx.seed, device=ctx.device, quick=ctx.quick)
+    tracker = ctx.track(f"{len(jobs)} runs in {workers} processes", len(jobs))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        futures = [pool.submit(fn, light, **job) for job in jobs]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            tracker.advance()
+    tracker.done()
+    return results
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, standard deviation, min and max over seeds (None entries, e.g. never reached, counted apart)."""
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "missing": len(values)}
+    return {"mean": float(np.mean(known)), "std": float(np.std(known, ddof=1)) if len(known) > 1 else 0.0,
+            "min": min(known), "max": max(known), "n": len(known), "missing": len(values) - len(known)}
+
+
 def finite(value: float) -> float | None:
     """JSON-safe float: NaN/inf become None (json.dump would write invalid JSON otherwise)."""
     return float(value) if value is not None and math.isfinite(value) else None

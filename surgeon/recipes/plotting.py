@@ -56,3 +56,24 @@ def save(fig: Any, path: str, suptitle: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bands(ax: Any, series: dict[str, tuple[Sequence[float], Sequence[Sequence[float]]]], *, title: str = "",
+          xlabel: str = "step", ylabel: str = "loss", logy: bool = False) -> None:
+    """One line per ``label -> (x, runs)``: the mean over runs (seeds), shaded between their min and max."""
+    for label, (xs, runs) in series.items():
+        rows = [list(r) for r in runs if len(r) == len(xs)]
+        if not rows:
+            continue
+        mean = [sum(col) / len(col) for col in zip(*rows, strict=True)]
+        lo = [min(col) for col in zip(*rows, strict=True)]
+        hi = [max(col) for col in zip(*rows, strict=True)]
+        (line,) = ax.plot(list(xs), mean, label=f"{label} (n={len(rows)})")
+        ax.fill_between(list(xs), lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)

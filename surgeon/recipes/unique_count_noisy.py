@@ -1,24 +1,24 @@
-"""Table 4.5: count the distinct values in a sequence — reference LSTM vs noisy (NAN) gates vs NAN with annealed c.
+"""Table 4.5: count the distinct values in a sequence — reference LSTM, NAN gates, annealed NAN, hard gates.
 
 Task (§4.3.6.6): sequences of ``length`` = 26 integers in [0, ``high`` = 10]; the target is the number of distinct
 values, predicted as a class. Model: embedding → LSTM over the sequence → time-average pooling of the hidden
-states → 1-hidden-layer ReLU MLP → softmax. Variants:
+states → 1-hidden-layer ReLU MLP → softmax. Variants, each trained for the same number of updates on every seed:
 
 - ``reference``: ``nn.LSTM`` (soft sigmoid / tanh gates);
-- ``nan``: :class:`~surgeon.noise.NoisyLSTM` with every gate a NAN noisy hard activation (default c);
-- ``nan_annealed``: the same, c annealed from 30 towards 0.5 as c/√(t+1), t += 1 every ``every`` updates
-  (``Annealer(model, "inv-sqrt", c0=30, c_min=0.5, every=every)``). The thesis uses every = 200 over far more
-  updates than this recipe can afford; the YAML compresses the schedule in time (see there).
+- ``nan``: :class:`~surgeon.noise.NoisyLSTM`, every gate a NAN noisy hard activation at its default c;
+- ``nan_annealed``: the same, with c annealed as the thesis does, c = max(c_min, c0/√(n + 1)) with c0 = 30,
+  c_min = 0.5. The thesis counts n in units of 200 updates and reaches the floor after ~720,000 updates; here n runs
+  on a continuous time scale fitted to the run (``floor_at``: the fraction of the run at which c reaches c_min), so
+  the curve keeps its shape — fast fall at first, floor late in the run;
+- ``hard``: hard-sigmoid / hard-tanh gates without noise, the control that tells what the noise adds.
 
-Gate clipping (``clip_gates``, on by default for both noisy variants). The NAN output
-φ = α h + (1 − α) u + d σ ε is not bounded: the linear leak (1 − α) u grows with |x| and the noise std σ reaches
-c/4 in saturation, i.e. 7.5 at c = 30. Used as LSTM gates, a forget gate of magnitude ~7 multiplies the cell
-state at each of the 26 steps and the cell nonlinearity passes it on linearly, so the state overflows to
-inf/NaN within a few updates. The thesis' gates are meant to behave as (noisy) switches in [0, 1] and the
-authors' code offers ``clip_output`` (a hard-tanh on the noisy output) for this purpose; the recipe therefore
-clamps each gate's output to its base range ([0, 1] for the sigmoid gates, [−1, 1] for the tanh ones). The
-NAN module itself is unchanged: inside the base range (every |x| the noiseless output can reach in practice)
-φ is untouched; only the excursions that noise or the leak push outside it are cut.
+Gate clipping (``clip_gates``, on for the noisy variants): the NAN output is not bounded (the linear leak (1 − α) u
+and noise of std up to c/4 = 7.5 at c = 30); used as a forget gate over 26 steps it overflows the cell state. The
+gates are clamped to the range of the function they replace (the authors' ``clip_output``), see
+:class:`~surgeon.noise.NoisyLSTM`.
+
+Reported per variant, over the seeds: the final test error and the update at which the test error first falls
+``plateau_margin`` below the majority-class error (leaving the plateau), each as mean ± spread.
 """
 
 from __future__ import annotations
@@ -29,35 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgeon.noise import Annealer, NoisyHardSigmoid, NoisyLSTM
+from surgeon.noise import Annealer, NoisyLSTM
+from surgeon.noise.annealer import inv_sqrt_every
 from surgeon.recipes import data, plotting
-from surgeon.recipes.engine import RecipeContext, count_parameters, evaluate, finite, train, unwrap
-
-
-class ClippedGate(nn.Module):
-    """``clamp(act(x), lo, hi)``: bounds a noisy gate to the range of the function it replaces."""
-
-    def __init__(self, act: nn.Module, lo: float, hi: float) -> None:
-        super().__init__()
-        self.act = act
-        self.lo, self.hi = float(lo), float(hi)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x).clamp(self.lo, self.hi)
-
-    def extra_repr(self) -> str:
-        return f"lo={self.lo:g}, hi={self.hi:g}"
-
-
-def clip_gate_outputs(rnn: nn.Module) -> int:
-    """Wrap every gate activation of a :class:`NoisyLSTM` in :class:`ClippedGate`; returns how many."""
-    wrapped = 0
-    for group in getattr(rnn, "gate_activations", None) or []:
-        for name, act in list(group.acts.items()):
-            lo = 0.0 if isinstance(act, NoisyHardSigmoid) else -1.0
-            group.acts[name] = ClippedGate(act, lo, 1.0)
-            wrapped += 1
-    return wrapped
+from surgeon.recipes.engine import RecipeContext, count_parameters, evaluate, finite, run_jobs, spread, train, unwrap
 
 
 class UniqueCounter(nn.Module):
@@ -70,9 +45,8 @@ class UniqueCounter(nn.Module):
         if gates is None:
             self.rnn: nn.Module = nn.LSTM(embed, hidden, batch_first=True)
         else:
-            self.rnn = NoisyLSTM(embed, hidden, batch_first=True, gates=gates, gate_kwargs=gate_kwargs)
-            if clip_gates:
-                clip_gate_outputs(self.rnn)
+            self.rnn = NoisyLSTM(embed, hidden, batch_first=True, gates=gates, gate_kwargs=gate_kwargs,
+                                 clip_gates=clip_gates)
         self.head = nn.Sequential(nn.Linear(hidden, mlp), nn.ReLU(), nn.Linear(mlp, classes))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
@@ -84,67 +58,99 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reference": {"gates": None},
     "nan": {"gates": "noisy", "gate_kwargs": {"mode": "nan"}},
     "nan_annealed": {"gates": "noisy", "gate_kwargs": {"mode": "nan"}, "anneal": True},
+    "hard": {"gates": "hard"},
 }
+
+
+def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high: int, n_train: int, n_test: int,
+               embed: int, hidden: int, mlp: int, steps: int, batch_size: int, lr: float, c0: float, c_min: float,
+               every: float, clip_norm: float, clip_gates: bool, evals: int) -> dict[str, Any]:
+    """One variant on one seed (data, init and noise all drawn from ``seed``)."""
+    run_ctx = RecipeContext(name=ctx.name, out_dir=ctx.out_dir, seed=seed, device=ctx.device, quick=ctx.quick,
+                            rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress)
+    gen = run_ctx.generator(offset=4)
+    x_tr, y_tr = data.unique_count(n_train, length, high, gen)
+    x_te, y_te = data.unique_count(n_test, length, high, gen)
+    classes = min(length, high + 1)
+    spec = VARIANTS[variant]
+    torch.manual_seed(seed)
+    noisy = spec["gates"] == "noisy"
+    net = UniqueCounter(high + 1, classes, embed, hidden, mlp, spec["gates"], spec.get("gate_kwargs"),
+                        clip_gates=clip_gates and noisy)
+    model = run_ctx.wrap(net)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    eval_every = max(1, steps // max(1, evals))
+    c_trace: list[float] = []
+    on_step = None
+    if spec.get("anneal"):
+        annealer = Annealer(unwrap(model), "inv-sqrt", c0=c0, c_min=c_min, every=every, continuous=True)
+
+        def on_step(step: int, loss: float) -> None:
+            values = annealer.step()
+            if (step + 1) % eval_every == 0:
+                c_trace.append(float(values[0]))
+
+    ce = nn.functional.cross_entropy
+    result = train(run_ctx, model, opt, run_ctx.loader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size), ce,
+                   steps, description=f"{variant} seed {seed}", eval_every=eval_every, on_step=on_step,
+                   clip_norm=clip_norm, evaluate_fn=lambda: evaluate(model, x_te, y_te, ce, batch_size=len(x_te)))
+    final = evaluate(model, x_te, y_te, ce, batch_size=len(x_te))
+    majority = float((y_te != torch.mode(y_tr).values).float().mean())
+    return {"variant": variant, "seed": seed, "test_error": finite(final["error"]), "majority": majority,
+            "params": count_parameters(model), "skipped_updates": result.skipped,
+            "curve": {"step": result.steps, "train_loss": result.curves["train_loss"],
+                      "test_error": result.curves.get("test_error", [])},
+            **({"c_schedule": c_trace} if c_trace else {})}
+
+
+def plateau_exit(steps: list[int], errors: list[float], majority: float, margin: float) -> int | None:
+    """The first recorded update whose test error is ``margin`` below the majority-class error (None: never)."""
+    for step, error in zip(steps, errors, strict=True):
+        if error is not None and error <= majority - margin:
+            return int(step)
+    return None
 
 
 def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 20000, n_test: int = 4000,
         embed: int = 16, hidden: int = 64, mlp: int = 64, variants: tuple[str, ...] = tuple(VARIANTS),
-        steps: int = 3000, batch_size: int = 64, lr: float = 3e-3, c0: float = 30.0, c_min: float = 0.5,
-        every: int = 200, clip_norm: float = 5.0, clip_gates: bool = True,
-        evals: int = 15) -> tuple[dict[str, Any], Callable[[str], None]]:
-    """Train every variant on the same generated data (Adam); report test error and the c schedule used.
+        seeds: tuple[int, ...] = (0, 1, 2), steps: int = 3000, batch_size: int = 64, lr: float = 3e-3,
+        c0: float = 30.0, c_min: float = 0.5, floor_at: float = 0.8, clip_norm: float = 5.0,
+        clip_gates: bool = True, evals: int = 30, plateau_margin: float = 0.1,
+        workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
+    """Train every variant on every seed for ``steps`` Adam updates; report error and plateau exit, mean ± spread.
 
-    ``clip_gates`` clamps the noisy gates to their base range (module docstring); ``evals`` is how many times the
-    test set is evaluated during training (one batch each: the Python time loop dominates, not the batch size).
+    ``floor_at`` fits the continuous annealing time scale (c reaches c_min at update floor_at·steps); ``workers``
+    processes share the runs (results do not depend on it).
     """
-    gen = ctx.generator(offset=4)
-    x_tr, y_tr = data.unique_count(n_train, length, high, gen)
-    x_te, y_te = data.unique_count(n_test, length, high, gen)
-    classes = min(length, high + 1)
-    dataset = torch.utils.data.TensorDataset(x_tr, y_tr)
-    ce = nn.functional.cross_entropy
-    runs: dict[str, dict[str, Any]] = {}
-    for name in variants:
-        spec = VARIANTS[name]
-        torch.manual_seed(ctx.seed)
-        net = UniqueCounter(high + 1, classes, embed, hidden, mlp, spec["gates"], spec.get("gate_kwargs"),
-                            clip_gates=clip_gates)
-        model = ctx.wrap(net)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        c_trace: list[float] = []
-        on_step = None
-        if spec.get("anneal"):
-            annealer = Annealer(unwrap(model), "inv-sqrt", c0=c0, c_min=c_min, every=every)
-
-            def on_step(step: int, loss: float, annealer: Annealer = annealer, trace: list[float] = c_trace) -> None:
-                values = annealer.step()
-                if step % every == 0:
-                    trace.append(float(values[0]))
-
-        result = train(ctx, model, opt, ctx.loader(dataset, batch_size), ce, steps, description=name,
-                       eval_every=max(1, steps // max(1, evals)), on_step=on_step, clip_norm=clip_norm,
-                       evaluate_fn=lambda m=model: evaluate(m, x_te, y_te, ce, batch_size=len(x_te)))
-        final = evaluate(model, x_te, y_te, ce, batch_size=len(x_te))
-        runs[name] = {"test_error": finite(final["error"]), "test_loss": finite(final["loss"]),
-                      "params": count_parameters(model), "skipped_updates": result.skipped,
-                      "clipped_gates": bool(clip_gates and spec["gates"] is not None),
-                      "curve": {"step": result.steps, "train_loss": result.curves["train_loss"],
-                                "test_error": result.curves.get("test_error", [])},
-                      **({"c_schedule": c_trace} if c_trace else {})}
-    # the constant predictor's error, a floor for "did it learn anything"
-    majority = float((y_te != torch.mode(y_tr).values).float().mean())
-    summary = {k: {"test_error": r["test_error"]} for k, r in runs.items()}
-    summary["majority_class_error"] = majority
-    metrics = {"summary": summary, "runs": runs, "classes": classes}
+    every = inv_sqrt_every(c0, c_min, floor_at * steps)
+    common = {"length": length, "high": high, "n_train": n_train, "n_test": n_test, "embed": embed, "hidden": hidden,
+              "mlp": mlp, "steps": steps, "batch_size": batch_size, "lr": lr, "c0": c0, "c_min": c_min,
+              "every": every, "clip_norm": clip_norm, "clip_gates": clip_gates, "evals": evals}
+    jobs = [{"variant": v, "seed": int(s), **common} for v in variants for s in seeds]
+    results = run_jobs(ctx, _train_one, jobs, workers=workers)
+    runs: dict[str, list[dict[str, Any]]] = {v: [r for r in results if r["variant"] == v] for v in variants}
+    for rs in runs.values():
+        for r in rs:
+            r["plateau_exit"] = plateau_exit(r["curve"]["step"], r["curve"]["test_error"], r["majority"],
+                                             plateau_margin)
+    majority = spread([r["majority"] for r in results])
+    summary: dict[str, Any] = {
+        v: {"test_error": spread([r["test_error"] for r in rs]),
+            "plateau_exit_update": spread([r["plateau_exit"] for r in rs])} for v, rs in runs.items()}
+    summary["majority_class_error"] = majority["mean"]
+    metrics = {"summary": summary, "runs": runs, "seeds": list(seeds), "annealing_every": every,
+               "classes": min(length, high + 1)}
 
     def draw(path: str) -> None:
         fig, axes = plotting.figure(2, width=5.0)
-        plotting.curves(axes[0], {k: (r["curve"]["step"], r["curve"]["test_error"]) for k, r in runs.items()},
-                        title="test error", ylabel="error")
-        axes[0].axhline(majority, color="gray", ls=":", label="majority class")
+        first = {v: rs[0]["curve"]["step"] for v, rs in runs.items() if rs}
+        plotting.bands(axes[0], {v: (first[v], [r["curve"]["test_error"] for r in rs]) for v, rs in runs.items()
+                                 if rs}, title="test error (mean, min-max over seeds)", ylabel="error")
+        axes[0].axhline(majority["mean"], color="gray", ls=":", label="majority class")
         axes[0].legend(fontsize=8)
-        plotting.curves(axes[1], {k: (r["curve"]["step"], r["curve"]["train_loss"]) for k, r in runs.items()},
-                        title="training loss", ylabel="cross-entropy", logy=True)
-        plotting.save(fig, path, f"Unique-count task (length {length}, values 0-{high}; thesis Table 4.5)")
+        plotting.bands(axes[1], {v: (first[v], [r["curve"]["train_loss"] for r in rs]) for v, rs in runs.items()
+                                 if rs}, title="training loss", ylabel="cross-entropy", logy=True)
+        plotting.save(fig, path, f"Unique-count task (length {length}, values 0-{high}; thesis Table 4.5), "
+                                 f"{len(seeds)} seeds")
 
     return metrics, draw

@@ -96,6 +96,11 @@ def test_alexnet_parameter_accounting(tmp_path):
     fc_dropped = s["reference_hidden_fc"] - s["cascade_sell"]
     assert s["cascade_total"] == s["reference_total"] - fc_dropped
     assert s["thesis_sell"] == 165_888
+    # the thesis' set-up: the cascade at N = 9216 into a 9216 x 1000 softmax, counted both ways
+    softmax = 9216 * 1000 + 1000
+    assert s["thesis_setup_thesis_counting_classifier"] == 12 * 4 * 9216 + softmax      # A, Ab, D, Db
+    assert s["thesis_setup_surgeon_counting_classifier"] == 12 * 3 * 9216 + softmax     # a, d, bias
+    assert s["n9216_total"] == s["reference_total"] - s["reference_all_fc"] + 12 * 3 * 9216 + softmax
 
 
 def test_digits_deepfried(tmp_path):

@@ -9,6 +9,12 @@ No training (ImageNet is out of reach on a laptop): the recipe builds torchvisio
 - ``per_layer``: what ``surgeon.convert(model, linear="acdc", depth=12)`` does — each Linear becomes its own
   12-factor cascade (9216→4096 at N = 9216 and 4096→4096 at N = 4096).
 
+- ``n9216`` (the thesis' set-up, as acdc-torch builds it): the cascade keeps N = 9216 outputs and feeds a
+  9216×1000 softmax layer. Counted as the thesis counts (A, Ab, D, Db: four N-vectors per factor) and as surgeon
+  counts (a, d and a bias on D: three), side by side. The thesis' "58.7M → 9.7M" is the classifier: 58.6M in the
+  reference (all three FC layers) against 12·4·9216 + 9216·1000 + 1000 = 9.66M (×6.07); the convolutions (2.47M
+  in torchvision) come on top of both.
+
 Each is counted with and without the per-factor bias on D (``ACDCLinear(bias=...)``), then compared with the
 thesis' figures (41M → 165,888 parameters in the SELL part; 58.7M → 9.7M for the whole model). A forward pass on
 a small batch checks the surgically altered model still maps (B, 3, 224, 224) to (B, 1000).
@@ -44,11 +50,17 @@ def build(structure: str, depth: int, bias: bool, seed: int) -> nn.Module:
         cascade = ACDCLinear(cls[1].in_features, cls[4].out_features, depth=depth, bias=bias, seed=seed)
         # the cascade ends in a factor without activation; the ReLU that followed fc7 stays
         model.classifier = nn.Sequential(cls[0], cascade, nn.ReLU(inplace=True), cls[6])
+    elif structure == "n9216":
+        # §3.10.7.2 as built in acdc-torch: the cascade keeps the conv features' size N = 9216 and feeds a
+        # 9216 x 1000 softmax layer (no 4096-wide layer remains)
+        cascade = ACDCLinear(cls[1].in_features, cls[1].in_features, depth=depth, bias=bias, seed=seed)
+        model.classifier = nn.Sequential(cls[0], cascade, nn.ReLU(inplace=True),
+                                         nn.Linear(cls[1].in_features, cls[6].out_features))
     elif structure == "per_layer":
         cls[1] = ACDCLinear(cls[1].in_features, cls[1].out_features, depth=depth, bias=bias, seed=seed)
         cls[4] = ACDCLinear(cls[4].in_features, cls[4].out_features, depth=depth, bias=bias, seed=seed + 1)
     else:
-        raise ValueError(f"structure must be 'cascade' or 'per_layer', got {structure!r}")
+        raise ValueError(f"structure must be 'n9216', 'cascade' or 'per_layer', got {structure!r}")
     return model
 
 
@@ -62,8 +74,8 @@ def run(ctx: RecipeContext, *, depth: int = 12, batch: int = 2, image_size: int 
     ref_fc = _params(reference.classifier[1]) + _params(reference.classifier[4])
     ref_fc_all = sum(_params(m) for m in reference.classifier if isinstance(m, nn.Linear))
     variants: dict[str, dict[str, Any]] = {}
-    tracker = ctx.track("alexnet variants", 4)
-    for structure in ("cascade", "per_layer"):
+    tracker = ctx.track("alexnet variants", 6)
+    for structure in ("n9216", "cascade", "per_layer"):
         for bias in (True, False):
             model = build(structure, depth, bias, ctx.seed)
             sell = sum(_params(m) for m in model.modules() if isinstance(m, ACDCLinear))
@@ -81,6 +93,22 @@ def run(ctx: RecipeContext, *, depth: int = 12, batch: int = 2, image_size: int 
             tracker.advance()
     tracker.done()
     n_conv = 256 * 6 * 6
+    conv = sum(_params(m) for m in reference.features.modules() if isinstance(m, nn.Conv2d))
+    softmax = n_conv * 1000 + 1000
+    thesis_cascade = depth * 4 * n_conv   # acdc-torch counts A, Ab, D, Db: four N-vectors per factor
+    thesis_counting = {
+        "cascade_A_Ab_D_Db": thesis_cascade, "softmax_9216x1000": softmax, "convolutions_torchvision": conv,
+        "classifier_total": thesis_cascade + softmax, "model_total": conv + thesis_cascade + softmax,
+        "reference_classifier": ref_fc_all, "reduction_classifier": ref_fc_all / (thesis_cascade + softmax),
+        "reduction_model": ref_total / (conv + thesis_cascade + softmax),
+    }
+    ours = variants["n9216"]
+    surgeon_counting = {
+        "cascade": ours["sell_params"], "softmax_9216x1000": softmax, "convolutions_torchvision": conv,
+        "classifier_total": ours["sell_params"] + softmax, "model_total": ours["total_params"],
+        "reduction_classifier": ref_fc_all / (ours["sell_params"] + softmax),
+        "reduction_model": ref_total / ours["total_params"],
+    }
     explanation = {
         "ours_cascade_formula": f"{depth} factors x 3 vectors (a, d, b) x N={n_conv} = {depth * 3 * n_conv:,}",
         "ours_cascade_nobias_formula": f"{depth} x 2 x {n_conv} = {depth * 2 * n_conv:,}",
@@ -100,9 +128,14 @@ def run(ctx: RecipeContext, *, depth: int = 12, batch: int = 2, image_size: int 
             **{f"{k}_sell": v["sell_params"] for k, v in variants.items()},
             **{f"{k}_total": v["total_params"] for k, v in variants.items()},
             "thesis_sell": THESIS["sell_params"], "thesis_model_after": THESIS["model_after"],
+            "thesis_setup_thesis_counting_classifier": thesis_cascade + softmax,
+            "thesis_setup_thesis_counting_model": conv + thesis_cascade + softmax,
+            "thesis_setup_surgeon_counting_classifier": ours["sell_params"] + softmax,
+            "thesis_setup_surgeon_counting_model": ours["total_params"],
         },
         "reference": {"total_params": ref_total, "hidden_fc_params": ref_fc, "all_fc_params": ref_fc_all},
         "variants": variants, "thesis": THESIS, "explanation": explanation,
+        "thesis_setup": {"thesis_counting": thesis_counting, "surgeon_counting": surgeon_counting},
     }
 
     def draw(path: str) -> None:

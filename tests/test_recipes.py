@@ -72,10 +72,10 @@ def test_acdc_regression_identity_init_beats_zero_init(tmp_path):
     s = m["summary"]
     deepest = str(max(m["params"]["depths"]))
     # Fig. 3.4: a deep cascade trains from N(1, σ²) but not from N(0, σ²) (stuck near predicting 0: MSE ≈ E[Y²])
-    assert s["identity"][deepest] * 20 < s["zero"][deepest]
-    assert s["identity"][deepest] < s["identity"]["1"]
-    assert s["least_squares_optimum"] < 2e-4   # the noise floor, σ² = 1e-4
-    assert m["runs"][f"identity/K={deepest}"]["params"] == 2 * int(deepest) * 32
+    assert s["identity"][deepest]["max"] * 20 < s["zero"][deepest]["min"]
+    assert s["identity"][deepest]["mean"] < s["identity"]["1"]["mean"]
+    assert s["least_squares_optimum"]["max"] < 2e-4   # the noise floor, σ² = 1e-4
+    assert m["runs"][f"identity/K={deepest}"][0]["params"] == 2 * int(deepest) * 32
 
 
 def test_acdc_regression_is_reproducible(tmp_path):
@@ -107,10 +107,11 @@ def test_digits_deepfried(tmp_path):
     m = _run("digits_deepfried", tmp_path)
     s = m["summary"]
     assert set(s) == set(m["params"]["kinds"])
-    assert s["acdc"]["fc_params"] < s["dense"]["fc_params"]
-    assert s["adaptive_fastfood"]["fc_params"] < s["dense"]["fc_params"]
-    for kind in s:   # every variant learns something in 3 epochs (chance is 0.9 error)
-        assert s[kind]["test_error"] < 0.7, kind
+    assert s["acdc"]["fc_all_params"] < s["dense"]["fc_all_params"]
+    assert s["adaptive_fastfood"]["fc_all_params"] < s["dense"]["fc_all_params"]
+    assert s["dense"]["all_params"] == s["dense"]["learned_params"]   # nothing fixed in a dense net
+    for kind in s:   # every variant learns something in 3 epochs (chance is 0.9 error), on each seed
+        assert s[kind]["test_error"]["max"] < 0.7 and s[kind]["test_errors"]["n"] == 2, kind
 
 
 def test_parity_mollified(tmp_path):
@@ -156,7 +157,7 @@ def test_torchrun_two_processes(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert (out / "digits_deepfried.png").is_file()
-    assert all(v["test_error"] < 0.8 for v in metrics["summary"].values())
+    assert all(v["test_error"]["max"] < 0.8 for v in metrics["summary"].values())
 
 
 def test_train_skips_non_finite_updates_and_metrics_are_strict_json():

@@ -18,7 +18,7 @@ from torch import nn
 
 from surgeon.layers import ACDCLinear
 from surgeon.recipes import plotting
-from surgeon.recipes.engine import RecipeContext, count_parameters, finite, train, unwrap
+from surgeon.recipes.engine import RecipeContext, count_parameters, finite, run_jobs, spread, train, unwrap
 
 
 def make_data(ctx: RecipeContext, n_samples: int, size: int, noise_std: float) -> tuple[torch.Tensor, ...]:
@@ -44,61 +44,94 @@ def build_acdc(size: int, depth: int, init: str, init_std: float, seed: int) -> 
     return layer
 
 
-def run(ctx: RecipeContext, *, n_samples: int = 10000, size: int = 32, noise_std: float = 0.01,
-        depths: Sequence[int] = (1, 2, 4, 8, 16, 32), inits: dict[str, float] | None = None, steps: int = 2000,
-        batch_size: int = 250, lr: float = 0.01) -> tuple[dict[str, Any], Callable[[str], None]]:
-    """Train every (init, K) cascade and the dense baseline with Adam + cosine decay; report final full-data MSE."""
-    inits = dict(inits or {"identity": 0.1, "zero": 0.001})
-    x, y, _ = make_data(ctx, n_samples, size, noise_std)
-    dataset = torch.utils.data.TensorDataset(x, y)
+def _fit_one(ctx: RecipeContext, *, model_name: str, seed: int, n_samples: int, size: int, noise_std: float,
+             std: float, steps: int, batch_size: int, lr: float) -> dict[str, Any]:
+    """Train one model (``"dense"`` or ``"<init>/K=<depth>"``) on the data of ``seed``; full-data MSE curve."""
+    run_ctx = RecipeContext(name=ctx.name, out_dir=ctx.out_dir, seed=seed, device=ctx.device, quick=ctx.quick,
+                            rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress)
+    x, y, _ = make_data(run_ctx, n_samples, size, noise_std)
     mse = nn.functional.mse_loss
-    solution = torch.linalg.lstsq(x.double(), y.double()).solution
-    optimum = float(mse((x.double() @ solution), y.double()))
+    if model_name == "dense":
+        torch.manual_seed(seed)
+        net: nn.Module = nn.Linear(size, size, bias=False)
+    else:
+        init, _, depth = model_name.partition("/K=")
+        net = build_acdc(size, int(depth), init, std, seed)
+    model = run_ctx.wrap(net)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    # same minibatch order for every model of a seed, so curves differ only by the model
+    loader = run_ctx.loader(torch.utils.data.TensorDataset(x, y), batch_size)
 
-    def fit(model: nn.Module, label: str, index: int) -> dict[str, Any]:
-        model = ctx.wrap(model)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        loader = ctx.loader(dataset, batch_size, epoch_seed=index)
-        result = train(ctx, model, opt, loader, mse, steps, description=label, scheduler=sched)
+    def full_mse() -> dict[str, float]:
         with torch.no_grad():
-            final = float(mse(unwrap(model)(x.to(ctx.device)).cpu(), y))
-        return {"final_loss": finite(final), "params": count_parameters(model),
-                "curve": {"step": result.steps, "train_loss": [finite(v) for v in result.curves["train_loss"]]}}
+            return {"mse": float(mse(unwrap(model)(x.to(run_ctx.device)).cpu(), y))}
 
-    runs: dict[str, dict[str, Any]] = {}
-    for init, std in inits.items():
-        for depth in depths:
-            model = build_acdc(size, depth, init, std, ctx.seed)
-            # same minibatch order for every model, so curves differ only by the model
-            runs[f"{init}/K={depth}"] = fit(model, f"ACDC_{depth} {init}", 0)
-    runs["dense"] = fit(nn.Linear(size, size, bias=False), "dense", 0)
+    result = train(run_ctx, model, opt, loader, mse, steps, description=f"{model_name} seed {seed}",
+                   eval_every=max(1, steps // 40), scheduler=sched, evaluate_fn=full_mse)
+    curve = [finite(v) for v in result.curves["test_mse"]]
+    solution = torch.linalg.lstsq(x.double(), y.double()).solution
+    return {"model": model_name, "seed": seed, "final_loss": curve[-1], "params": count_parameters(model),
+            "least_squares_optimum": float(mse(x.double() @ solution, y.double())),
+            "curve": {"step": result.steps, "train_loss": curve}}
 
-    summary = {init: {str(k): runs[f"{init}/K={k}"]["final_loss"] for k in depths} for init in inits}
-    summary["dense"] = runs["dense"]["final_loss"]
-    summary["least_squares_optimum"] = optimum
-    metrics = {"summary": summary, "runs": runs}
+
+def run(ctx: RecipeContext, *, n_samples: int = 10000, size: int = 32, noise_std: float = 0.01,
+        depths: Sequence[int] = (1, 2, 4, 8, 16, 32), inits: dict[str, float] | None = None,
+        seeds: Sequence[int] = (0, 1, 2), steps: int = 2000, batch_size: int = 250, lr: float = 0.01,
+        workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
+    """Train every (init, K) cascade and the dense baseline on every seed (Adam + cosine decay, the same budget
+    for all); report the final full-data MSE, mean ± spread, and how much each still fell over the last quarter."""
+    inits = dict(inits or {"identity": 0.1, "zero": 0.001})
+    names = [f"{init}/K={k}" for init in inits for k in depths] + ["dense"]
+    common = {"n_samples": n_samples, "size": size, "noise_std": noise_std, "steps": steps,
+              "batch_size": batch_size, "lr": lr}
+    jobs = [{"model_name": n, "seed": ctx.seed + int(s), "std": inits.get(n.partition("/")[0], 0.0), **common}
+            for n in names for s in seeds]
+    results = run_jobs(ctx, _fit_one, jobs, workers=workers)
+    runs = {n: [r for r in results if r["model"] == n] for n in names}
+
+    def still_falling(rs: list[dict[str, Any]]) -> float | None:
+        """Mean ratio of the loss at 3/4 of the run to the final loss (1 = flat, i.e. converged at this budget)."""
+        ratios = []
+        for r in rs:
+            c = r["curve"]["train_loss"]
+            if c and c[-1] and c[(3 * len(c)) // 4 - 1]:
+                ratios.append(c[(3 * len(c)) // 4 - 1] / c[-1])
+        return sum(ratios) / len(ratios) if ratios else None
+
+    summary: dict[str, Any] = {init: {str(k): spread([r["final_loss"] for r in runs[f"{init}/K={k}"]])
+                                      for k in depths} for init in inits}
+    summary["dense"] = spread([r["final_loss"] for r in runs["dense"]])
+    summary["least_squares_optimum"] = spread([r["least_squares_optimum"] for r in runs["dense"]])
+    convergence = {n: still_falling(rs) for n, rs in runs.items()}
+    metrics = {"summary": summary, "runs": runs, "seeds": list(seeds), "fall_over_last_quarter": convergence}
 
     def draw(path: str) -> None:
         fig, axes = plotting.figure(len(inits) + 1, width=4.6)
+        step = runs["dense"][0]["curve"]["step"]
         for ax, (init, std) in zip(axes, inits.items(), strict=False):
-            series = {f"K={k}": (runs[f"{init}/K={k}"]["curve"]["step"], runs[f"{init}/K={k}"]["curve"]["train_loss"])
-                      for k in depths}
-            series["dense"] = (runs["dense"]["curve"]["step"], runs["dense"]["curve"]["train_loss"])
+            series = {f"K={k}": (step, [r["curve"]["train_loss"] for r in runs[f"{init}/K={k}"]]) for k in depths}
+            series["dense"] = (step, [r["curve"]["train_loss"] for r in runs["dense"]])
             mean = 1.0 if init == "identity" else 0.0
-            plotting.curves(ax, series, title=f"init N({mean:g}, {std:g}²)", ylabel="training MSE", logy=True)
+            plotting.bands(ax, series, title=f"init N({mean:g}, {std:g}²)", ylabel="training MSE", logy=True)
         ax = axes[-1]
         for init in inits:
-            ax.plot(list(depths), [summary[init][str(k)] or float("nan") for k in depths], marker="o", label=init)
-        ax.axhline(summary["dense"] or float("nan"), color="k", ls="--", label="dense (trained)")
-        ax.axhline(optimum, color="gray", ls=":", label="least squares")
+            stats = [summary[init][str(k)] for k in depths]
+            ax.errorbar(list(depths), [st["mean"] or float("nan") for st in stats],
+                        yerr=[[(st["mean"] or 0) - (st["min"] or 0) for st in stats],
+                              [(st["max"] or 0) - (st["mean"] or 0) for st in stats]], marker="o", capsize=3,
+                        label=init)
+        ax.axhline(summary["dense"]["mean"] or float("nan"), color="k", ls="--", label="dense (trained)")
+        ax.axhline(summary["least_squares_optimum"]["mean"], color="gray", ls=":", label="least squares")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("K (ACDC factors)")
-        ax.set_ylabel("final MSE")
+        ax.set_ylabel("final MSE (mean, min-max)")
         ax.set_title("final loss vs depth")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        plotting.save(fig, path, f"ACDC_K regression on a {size}×{size} operator (thesis Fig. 3.4)")
+        plotting.save(fig, path, f"ACDC_K regression on a {size}×{size} operator (thesis Fig. 3.4), "
+                                 f"{len(seeds)} seeds, {steps} updates each")
 
     return metrics, draw

@@ -119,6 +119,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the recipe's worker processes): on a busy machine
+    ``cpu_seconds`` / cores is what the run would take on that many idle cores, where wall ``seconds`` is inflated."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return nullcontext(None)
@@ -155,15 +164,16 @@ def run_recipe(path_or_name: str | os.PathLike[str], *, quick: bool = False,
     try:
         seed_everything(run_seed)
         entry = resolve_entry(spec["entry"])
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
         with _progress(progress and rank == 0) as bar:
             ctx = RecipeContext(name=name, out_dir=str(folder), seed=run_seed, device=dev, quick=quick,
                                 rank=rank, world_size=world, progress=bar)
             metrics, figure = entry(ctx, **params)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
         metrics = json_safe({
             "recipe": name, "entry": spec["entry"], "thesis": spec.get("thesis", ""), "quick": quick,
             "seed": run_seed, "device": str(dev), "world_size": world, "seconds": round(elapsed, 2),
+            "cpu_seconds": round(cpu, 2),
             "torch": torch.__version__, "python": platform.python_version(), "params": params, **metrics,
         })
         if rank == 0:

@@ -126,7 +126,7 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
     common = {"length": length, "high": high, "n_train": n_train, "n_test": n_test, "embed": embed, "hidden": hidden,
               "mlp": mlp, "steps": steps, "batch_size": batch_size, "lr": lr, "c0": c0, "c_min": c_min,
               "every": every, "clip_norm": clip_norm, "clip_gates": clip_gates, "evals": evals}
-    jobs = [{"variant": v, "seed": int(s), **common} for v in variants for s in seeds]
+    jobs = [{"variant": v, "seed": ctx.seed + int(s), **common} for v in variants for s in seeds]
     results = run_jobs(ctx, _train_one, jobs, workers=workers)
     runs: dict[str, list[dict[str, Any]]] = {v: [r for r in results if r["variant"] == v] for v in variants}
     for rs in runs.values():

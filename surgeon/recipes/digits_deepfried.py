@@ -95,8 +95,8 @@ def run(ctx: RecipeContext, *, kinds: Sequence[str] = ("dense", "fastfood", "ada
     """
     common = {"channels": list(channels), "hidden": hidden, "features": features, "acdc_depth": acdc_depth,
               "dropout": dropout, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay}
-    results = run_jobs(ctx, _train_one, [{"kind": k, "seed": ctx.seed + int(s), **common} for k in kinds for s in seeds],
-                       workers=workers)
+    jobs = [{"kind": k, "seed": ctx.seed + int(s), **common} for k in kinds for s in seeds]
+    results = run_jobs(ctx, _train_one, jobs, workers=workers)
     runs = {k: [r for r in results if r["kind"] == k] for k in kinds}
     summary = {k: {"test_errors": spread([r["test_errors"] for r in rs]), "n_test": rs[0]["n_test"],
                    "test_error": spread([r["test_error"] for r in rs]), "all_params": rs[0]["all_params"],

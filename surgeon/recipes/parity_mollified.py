@@ -150,8 +150,8 @@ def run(ctx: RecipeContext, *, bits: int = 40, n_train: int = 1000, n_test: int 
     anneal = dict(anneal or {"schedule": "loss-exp", "k": 100.0, "beta": 0.9})
     common = {"bits": bits, "n_train": n_train, "n_test": n_test, "width": width, "layers": layers, "steps": steps,
               "batch_size": batch_size, "lr": lr, "momentum": momentum, "c": c, "anneal": anneal, "evals": evals}
-    results = run_jobs(ctx, _train_one, [{"kind": k, "seed": ctx.seed + int(s), **common} for k in kinds for s in seeds],
-                       workers=workers)
+    jobs = [{"kind": k, "seed": ctx.seed + int(s), **common} for k in kinds for s in seeds]
+    results = run_jobs(ctx, _train_one, jobs, workers=workers)
     runs = {k: [r for r in results if r["kind"] == k] for k in kinds}
     summary = {k: {"train_loss": spread([r["train_loss"] for r in rs]),
                    "memorised_at": spread([r["memorised_at"] for r in rs]),

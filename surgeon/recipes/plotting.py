@@ -18,11 +18,7 @@ def figure(ncols: int = 1, width: float = 5.0, height: float = 3.8) -> tuple[Any
     return fig, list(axes[0])
 
 
-def curves(ax: Any, series: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
-           xlabel: str = "step", ylabel: str = "loss", logy: bool = False) -> None:
-    """One line per ``label -> (x, y)``."""
-    for label, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), label=label)
+def _finish(ax: Any, title: str, xlabel: str, ylabel: str, logy: bool) -> None:
     if logy:
         ax.set_yscale("log")
     ax.set_title(title)
@@ -30,6 +26,14 @@ def curves(ax: Any, series: dict[str, tuple[Sequence[float], Sequence[float]]], 
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def curves(ax: Any, series: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
+           xlabel: str = "step", ylabel: str = "loss", logy: bool = False) -> None:
+    """One line per ``label -> (x, y)``."""
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), label=label)
+    _finish(ax, title, xlabel, ylabel, logy)
 
 
 def bars(ax: Any, labels: Sequence[str], values: Sequence[float], *, title: str = "", ylabel: str = "",
@@ -70,10 +74,4 @@ def bands(ax: Any, series: dict[str, tuple[Sequence[float], Sequence[Sequence[fl
         hi = [max(col) for col in zip(*rows, strict=True)]
         (line,) = ax.plot(list(xs), mean, label=f"{label} (n={len(rows)})")
         ax.fill_between(list(xs), lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, title, xlabel, ylabel, logy)

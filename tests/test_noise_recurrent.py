@@ -264,3 +264,14 @@ def test_clip_gates_bounds_every_gate_and_is_in_the_config(cls):
     # outputs of a clipped LSTM/GRU stay in [-1, 1]; the unclipped NAN gates at c = 30 leave it
     assert rnn(x)[0].abs().max() <= 1.0
     assert free(x)[0].abs().max() > 1.0
+
+
+def test_recurrent_benchmark_rows():
+    """``surgeon bench --recurrent``'s library side: one row per variant, timed against nn.LSTM (no speed claim)."""
+    from surgeon.bench.recurrent import bench_recurrent
+
+    rows = bench_recurrent((8,), batch=4, steps=3, features=5, repeats=1)
+    assert [r.gates for r in rows] == ["soft", "noisy nan", "noisy nan, clipped", "mollified"]
+    assert all(r.module == "NoisyLSTM" and r.hidden == 8 and r.ms_per_update > 0 and r.times_torch > 0 for r in rows)
+    assert set(rows[0].to_dict()) == {"module", "hidden", "gates", "ms_per_update", "torch_ms_per_update",
+                                      "times_torch"}

@@ -173,26 +173,20 @@ class _NoisyHard(PerUnitNoiseModule):
         """φ(x) with the per-unit tensors given: p (learned modes, broadcast against x; else None), c (0-d or per
         unit), ξ of x's shape (None: the eval form). Lets a caller apply several modules of this class at once on
         their concatenated units (the gates of a noisy LSTM), with this module's mode and α."""
-        h = self._h(x)
         mode = self.mode
+        sign_1ma = 1.0 if 1.0 - self.alpha >= 0 else -1.0
         if mode in ("nan", "nah") and xi is not None:
             assert p is not None
             eps = xi if mode == "nan" else xi.abs()
-            sign = 1.0 if 1.0 - self.alpha >= 0 else -1.0
-            return output_noise_phi(x, p, (sign * c) * eps, HardShape.of([self], 0, x))
-        if mode in ("nan", "nah"):
+            return output_noise_phi(x, p, (sign_1ma * c) * eps, HardShape.of([self], 0, x))
+        h = self._h(x)
+        if mode in ("nan", "nah"):  # the eval form, eq. 4.17: ε replaced by its mean
             u = self._u(x)
             delta = h - u
             assert p is not None
             sigma = c * (torch.sigmoid(p * delta) - 0.5).square()
-            sign_1ma = 1.0 if 1.0 - self.alpha >= 0 else -1.0
-            d = -sgn(x) * sign_1ma
-            if xi is None:
-                eps_mean = 0.0 if mode == "nan" else HALF_NORMAL_MEAN
-                noise_term = d * sigma * eps_mean
-            else:
-                noise_term = d * sigma * (xi if mode == "nan" else xi.abs())
-            return self.alpha * h + (1.0 - self.alpha) * u + noise_term
+            eps_mean = 0.0 if mode == "nan" else HALF_NORMAL_MEAN
+            return self.alpha * h + (1.0 - self.alpha) * u + (-sgn(x) * sign_1ma) * sigma * eps_mean
         if xi is None:
             return h
         if mode == "nani":

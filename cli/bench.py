@@ -89,6 +89,7 @@ def bench_command(
     Example: surgeon bench --resources --gpu-arch 90
 
     Example: surgeon bench --inference --sizes 4096 --batches 1,64
+
     Example: surgeon bench --recurrent --sizes 64,128
     """
     out = Output(quiet, as_json)

@@ -1,0 +1,6 @@
+"""Recovering a converted model's accuracy: distillation from its dense teacher, structure-aware optimiser groups."""
+
+from surgeon.recovery.distill import Distiller, distill
+from surgeon.recovery.groups import param_groups
+
+__all__ = ["Distiller", "distill", "param_groups"]

@@ -122,8 +122,8 @@ def _gram(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 
 def _update_factor(state: CascadeState, k: int, t: RowDCT, moments: Moments, e: torch.Tensor, f: torch.Tensor,
-                   mt: torch.Tensor, c: torch.Tensor, damping: float) -> None:
-    """Exact (damped) block minimisation over a_k, then d_k, then b_k, in place."""
+                   mt: torch.Tensor, c: torch.Tensor, damping: float, blocks: str = "adb") -> None:
+    """Exact (damped) block minimisation over a_k, then d_k, then b_k (those named in ``blocks``), in place."""
     zz = _gram(e, f)                                        # ZᵀZ (N, N)
     z_sum = e.T @ moments.input_sum                         # Zᵀ1 (N,)
     zt = e.T @ moments.cross - torch.outer(z_sum, c)        # Zᵀ(T − 1c) (N, out)
@@ -133,15 +133,16 @@ def _update_factor(state: CascadeState, k: int, t: RowDCT, moments: Moments, e: 
     # a_k
     qt = t.inverse(pt * state.d[k])                         # Qᵀ (out, N)
     residual = zt - torch.outer(z_sum, bias_out)
-    gram = _gram(qt, qt) * zz
-    state.a[k] = solve_damped(gram, (residual * qt.T).sum(1), state.a[k], damping)
+    if "a" in blocks:
+        state.a[k] = solve_damped(_gram(qt, qt) * zz, (residual * qt.T).sum(1), state.a[k], damping)
     # d_k
     scaled = zz * state.a[k].unsqueeze(0) * state.a[k].unsqueeze(1)
     hh = t.columns(t.forward(scaled))                       # C diag(a) ZᵀZ diag(a) Cᵀ
     ht = t.columns(residual * state.a[k].unsqueeze(1))      # Hᵀ(T − 1c − 1bP)
-    state.d[k] = solve_damped(ppt * hh, (ht * pt.T).sum(1), state.d[k], damping)
+    if "d" in blocks:
+        state.d[k] = solve_damped(ppt * hh, (ht * pt.T).sum(1), state.d[k], damping)
     # b_k
-    if state.b is not None:
+    if state.b is not None and "b" in blocks:
         h_sum = t.forward((state.a[k] * z_sum).unsqueeze(0))[0]                     # Hᵀ1
         rest = moments.target_sum - moments.rows * c - pt @ (h_sum * state.d[k])  # (T − 1c − (H⊙d)P)ᵀ1
         state.b[k] = solve_damped(moments.rows * ppt, pt.T @ rest, state.b[k], damping)

@@ -145,7 +145,7 @@ def test_lowrank_convert_records_ranks_and_replays(tmp_path) -> None:
     out = convert(model, "lowrank", ratio=0.2, min_features=16, seed=0, init="fit")
     rank = rank_for_ratio(64, 64, 0.2)
     assert isinstance(out[2], LowRankLinear) and out[2].rank == rank
-    assert records(out)[-1].arguments["rank"]["2"] == rank and "ratio" not in records(out)[-1].arguments
+    assert records(out)[-1].config["rank"]["2"] == rank and records(out)[-1].config["ratio"] is None
     # data-free: the plain SVD of the weight
     u, s, vt = np.linalg.svd(model[2].weight.detach().double().numpy())
     np.testing.assert_allclose(out[2].u.detach() @ out[2].v.detach(), (u[:, :rank] * s[:rank]) @ vt[:rank],

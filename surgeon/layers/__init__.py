@@ -2,5 +2,6 @@
 
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
+from surgeon.layers.lowrank import LowRankLinear
 
-__all__ = ["ACDCLinear", "FastfoodLinear"]
+__all__ = ["ACDCLinear", "FastfoodLinear", "LowRankLinear"]

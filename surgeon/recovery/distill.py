@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from surgeon.errors import ConfigError
+from surgeon.recovery.config import DistillConfig
 from surgeon.recovery.groups import param_groups
 from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import SurgeryRecord, append_record, records
-
-LOSSES = ("kl", "mse")
+from surgeon.surgery.transform import Call, register_transform
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -92,48 +92,37 @@ def _call(model: nn.Module, batch: Any) -> Any:
 class Distiller:
     """Resumable distillation state: ``step()`` one batch, ``state_dict()`` / ``load_state_dict()`` to resume."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequence[Any], *,
-                 steps: int, lr: float = 1e-3, loss: str = "kl", temperature: float = 2.0, features: bool = True,
-                 feature_weight: float = 1.0, batch_size: int = 64, weight_decay: float = 0.0,
-                 multipliers: dict[str, float] | bool = False, seed: int = 0) -> None:
-        if loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        for label, value in (("steps", steps), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{label} must be a positive integer, got {value!r}")
-        if not (math.isfinite(lr) and lr > 0 and math.isfinite(temperature) and temperature > 0):
-            raise ConfigError(f"lr and temperature must be positive numbers, got {lr!r} and {temperature!r}")
+    def __init__(self, student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequence[Any],
+                 config: DistillConfig) -> None:
         if len(data) == 0:
-            raise ConfigError("distillation data is empty")
-        self.student, self.teacher, self.data = student, teacher, data
-        self.steps, self.lr, self.loss, self.temperature = steps, lr, loss, temperature
-        self.batch_size, self.feature_weight = batch_size, feature_weight
-        self.layers = replaced_layers(student, teacher) if features else []
-        self.optimizer = torch.optim.AdamW(param_groups(student, lr, weight_decay, multipliers=multipliers), lr=lr)
+            raise ConfigError("distillation data is empty", field="data", rule="is empty")
+        self.student, self.teacher, self.data, self.config = student, teacher, data, config
+        self.steps = config.steps
+        self.layers = replaced_layers(student, teacher) if config.features else []
+        groups = param_groups(student, config.lr, config.weight_decay, multipliers=config.multipliers)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.gen = torch.Generator()
-        self.gen.manual_seed(int(seed))
+        self.gen.manual_seed(config.seed)
         self.done = 0
         self.losses: list[float] = []
-        self.arguments = {"steps": steps, "lr": lr, "loss": loss, "temperature": temperature, "features": features,
-                          "feature_weight": feature_weight, "batch_size": batch_size, "weight_decay": weight_decay,
-                          "seed": seed}
 
     def _loss(self, batch: Any, student_taps: _Taps, teacher_taps: _Taps) -> torch.Tensor:
         with torch.no_grad():
             target = logits_of(_call(self.teacher, batch))
-        value = output_loss(logits_of(_call(self.student, batch)), target, self.loss, self.temperature)
+        config = self.config
+        value = output_loss(logits_of(_call(self.student, batch)), target, config.loss, config.temperature)
         if self.layers:
             parts = [output_loss(student_taps.outputs[n], teacher_taps.outputs[n].detach(), "mse", 1.0)
                      for n in self.layers]
-            value = value + self.feature_weight * torch.stack(parts).mean()
+            value = value + config.feature_weight * torch.stack(parts).mean()
         return value
 
     def step(self, student_taps: _Taps, teacher_taps: _Taps) -> float:
         fraction = self.done / self.steps
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * 0.5 * (1 + math.cos(math.pi * fraction))
-        batch = _batches(self.data, self.batch_size, self.gen)
+        batch = _batches(self.data, self.config.batch_size, self.gen)
         with torch.enable_grad():
             value = self._loss(batch, student_taps, teacher_taps)
             self.optimizer.zero_grad(set_to_none=True)
@@ -184,27 +173,31 @@ class Distiller:
         first, last = self.losses[:10], self.losses[-10:]
         note = (f"distill: {self.done} steps, loss {sum(first) / max(1, len(first)):.4g} (first 10) -> "
                 f"{sum(last) / max(1, len(last)):.4g} (last 10); features matched: {len(self.layers)} layers")
-        return SurgeryRecord(transform="distill", arguments=dict(self.arguments), traced=True, warnings=[note])
+        return _record(self.config, [note])
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequence[Any] | Iterable[Any], *,
-            steps: int = 200, lr: float = 1e-3, loss: str = "kl", temperature: float = 2.0, features: bool = True,
-            feature_weight: float = 1.0, batch_size: int = 64, weight_decay: float = 0.0,
-            multipliers: dict[str, float] | bool = False, seed: int = 0, state: dict[str, Any] | None = None,
-            quiet: bool = False) -> nn.Module:
+def _record(config: DistillConfig, notes: list[str]) -> SurgeryRecord:
+    return SurgeryRecord(transform="distill", config_type=type(config).__name__, config=config.to_dict(),
+                         warnings=notes)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequence[Any] | Iterable[Any],
+            config: DistillConfig | None = None, *, state: dict[str, Any] | None = None, quiet: bool = False,
+            **options: Any) -> nn.Module:
     """Train ``student`` in place to imitate ``teacher`` on unlabelled ``data`` and return it with a record.
 
     ``data``: a tensor of inputs (rows sampled in batches of ``batch_size``) or a sequence of ready batches
-    (tensors, tuples of positional args, or dicts of keyword args). ``loss="kl"`` for logits (``temperature``
-    T, scaled by T²), ``"mse"`` for regression outputs; ``features=True`` also matches every replaced layer's
-    output. ``multipliers``: see :func:`~surgeon.recovery.groups.param_groups`. ``state``: a
-    :meth:`Distiller.state_dict` to resume from. For a loop of your own, use :class:`Distiller` directly.
+    (tensors, tuples of positional args, or dicts of keyword args). Options (``steps``, ``lr``, ``loss="kl"`` for
+    logits or ``"mse"``, ``temperature``, ``features``, ``feature_weight``, ``batch_size``, ``weight_decay``,
+    ``multipliers``, ``seed``) are the fields of :class:`DistillConfig`, given as keywords or as ``config``.
+    ``state``: a :meth:`Distiller.state_dict` to resume from. For a loop of your own, use :class:`Distiller`.
     """
+    if config is not None and options:
+        raise ConfigError("distill: pass options inside the config or as keywords, not both")
+    config = config if config is not None else DistillConfig.from_options(**options)
     if not isinstance(data, (torch.Tensor, Sequence)):
         data = list(data)
-    distiller = Distiller(student, teacher, data, steps=steps, lr=lr, loss=loss, temperature=temperature,
-                          features=features, feature_weight=feature_weight, batch_size=batch_size,
-                          weight_decay=weight_decay, multipliers=multipliers, seed=seed)
+    distiller = Distiller(student, teacher, data, config)
     if state is not None:
         distiller.load_state_dict(state)
     distiller.run(quiet=quiet)
@@ -212,10 +205,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequenc
     return student
 
 
-def replay_distill(model: nn.Module, **arguments: Any) -> nn.Module:
-    """Recipe replay of a distillation step: structure is unchanged and the weights come from the file, so only
-    the record is appended (keeps a reloaded model's recipe equal to the saved one's)."""
-    arguments.pop("include", None)
-    arguments.pop("inplace", None)
-    append_record(model, SurgeryRecord(transform="distill", arguments=arguments, traced=True))
+@register_transform(DistillConfig)
+def _replay_distill(model: nn.Module, config: DistillConfig, call: Call) -> nn.Module:
+    """Recipe replay of a distillation step: the structure is unchanged and the weights come from the file, so
+    only the record is appended (a reloaded model's recipe stays equal to the saved one's)."""
+    append_record(model, _record(config, []))
     return model

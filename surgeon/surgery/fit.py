@@ -3,7 +3,8 @@
 The target is the dense map ``y = W x + b`` (or, fitting sequentially, the dense model's own activations); the fit
 minimises the normalised squared error ``‖Φ(X) − Y‖²_F / ‖Y‖²_F`` over rows ``X`` that are either the layer's real
 inputs, captured from calibration batches, or standard-normal probes (data-free); see :func:`fit_layer` for how.
-A fifth of the rows is held out and never trained on; the reported error is the relative output error on it (thesis notation)::
+A fifth of the rows is held out and never trained on; the reported error is the relative output error on it
+(thesis notation)::
 
     fit_error = ‖W x − Φ(x)‖ / ‖W x‖     (Frobenius norms over the held-out rows, W x including the bias)
 """

@@ -82,6 +82,8 @@ def _lowrank_params(config: LowRankConfig, in_features: int, out_features: int, 
 
 
 DEFAULT_LOWRANK_RATIO = 0.25
+# Sweeps of the quick fits that measure each depth's error for a budget (ranking depths, not final fits).
+BUDGET_SWEEPS = 2
 
 
 def _lowrank_rank(config: LowRankConfig, name: str, in_features: int, out_features: int, bias: bool) -> int:
@@ -306,7 +308,8 @@ class LinearRule(Rule):
         curve = []
         for depth in AUTO_DEPTHS:
             layer = self._make(site, depth)
-            curve.append((depth, self._param_count(site, depth), fit_layer(layer, dense, rows).error))
+            quick = fit_layer(layer, dense, rows, sweeps=BUDGET_SWEEPS)
+            curve.append((depth, self._param_count(site, depth), quick.error))
         return curve
 
     def _fit(self, site: Site, layer: nn.Module, label: str) -> float:

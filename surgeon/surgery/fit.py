@@ -160,7 +160,7 @@ def _dtype(layer: nn.Module) -> torch.dtype:
 
 def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps: int = 300, lr: float = 3e-2,
               batch_rows: int = 512, seed: int | None = None, tick: Callable[[float], None] | None = None,
-              targets: torch.Tensor | None = None) -> FitResult:
+              targets: torch.Tensor | None = None, sweeps: int | None = None) -> FitResult:
     """Fit ``layer``'s parameters in place so that ``layer(x) ≈ targets`` on ``inputs`` (rows, in); ``targets``
     (rows, out) defaults to ``dense(inputs)`` (sequential fitting passes the dense model's own activations).
 
@@ -168,7 +168,8 @@ def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps:
     ACDC cascades without activation by alternating least squares over their diagonals
     (:mod:`~surgeon.surgery.fit_acdc`), Fastfood block by block (:mod:`~surgeon.surgery.fit_fastfood`), low-rank
     layers by the activation-whitened truncated SVD (:mod:`~surgeon.surgery.fit_lowrank`). Anything else (a
-    cascade with activations) takes ``steps`` Adam steps on row batches. Every path keeps the parameters with the
+    cascade with activations) takes ``steps`` Adam steps on row batches. ``sweeps`` caps the closed-form sweeps
+    (a quick estimate, e.g. for budget curves; default: the solvers' own). Every path keeps the parameters with the
     lowest held-out error seen, the starting ones included, so a fit never makes a layer worse.
     """
     if targets is None:
@@ -177,7 +178,8 @@ def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps:
     train_t, held_t = split(targets)
     closed = _closed_form(layer)
     if closed is not None:
-        result = closed(layer, Moments.of(train, train_t), Moments.of(held, held_t))
+        extra = {} if sweeps is None or closed is fit_lowrank else {"sweeps": sweeps}
+        result = closed(layer, Moments.of(train, train_t), Moments.of(held, held_t), **extra)
         if tick is not None:
             tick(1.0)
         return FitResult(error=result[0], train_error=result[1])

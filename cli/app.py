@@ -9,7 +9,9 @@ import typer
 
 from surgeon import __version__
 from surgeon.cli.bench import bench_command
+from surgeon.cli.compare import compare_command
 from surgeon.cli.convert import convert_command
+from surgeon.cli.distill import distill_command
 from surgeon.cli.example import example_command
 from surgeon.cli.export import export_command
 from surgeon.cli.noise import mollify_command, noisify_command
@@ -52,6 +54,8 @@ app.command("mollify")(mollify_command)
 app.command("bench")(bench_command)
 app.command("train")(train_command)
 app.command("example")(example_command)
+app.command("distill")(distill_command)
+app.command("compare")(compare_command)
 
 
 def main() -> None:

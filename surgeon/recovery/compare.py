@@ -72,7 +72,7 @@ class Comparison:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, format="png")
         plt.close(fig)
 
 

@@ -106,6 +106,23 @@ class Distiller:
         self.gen.manual_seed(config.seed)
         self.done = 0
         self.losses: list[float] = []
+        self._check_fits(data)
+
+    def _check_fits(self, data: torch.Tensor | Sequence[Any]) -> None:
+        """One batch through both models, so that data of the wrong shape fails with one clear line."""
+        batch = data[:2] if isinstance(data, torch.Tensor) else data[0]
+        with torch.no_grad():
+            for label, model in (("teacher", self.teacher), ("student", self.student)):
+                try:
+                    output = logits_of(_call(model, batch))
+                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                    shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ConfigError(f"distillation data (rows of shape {shape}) does not fit the {label}: "
+                                      f"{first}") from exc
+                if label == "teacher":
+                    target = output
+            output_loss(output, target, self.config.loss, self.config.temperature)
 
     def _loss(self, batch: Any, student_taps: _Taps, teacher_taps: _Taps) -> torch.Tensor:
         with torch.no_grad():

@@ -208,12 +208,13 @@ def _extrapolate(before: CascadeState, after: CascadeState, step: float) -> Casc
 
 @torch.no_grad()
 def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int = 16, damping: float = 1e-3,
-                patience: int = 3, accelerate: float = 0.5) -> tuple[float, float]:
+                patience: int = 3, accelerate: float = 0.5, stop_at: float | None = None) -> tuple[float, float]:
     """Fit a linear ACDCLinear in place by alternating sweeps; keeps the parameters with the lowest held-out
     error seen, the starting ones included. Returns (held-out, train) relative errors of the kept parameters.
 
     ``accelerate``: after each sweep, also try moving ``1 + accelerate·sweep^(1/3)`` times the sweep's step
-    (ALS line extrapolation) and keep it when it lowers the training error."""
+    (ALS line extrapolation) and keep it when it lowers the training error. ``stop_at``: stop once the held-out
+    error is at most this (time-to-accuracy benchmarks)."""
     t = RowDCT(layer.size)
     state = state_of(layer)
     best_map = affine_map(state, t)
@@ -237,6 +238,8 @@ def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int = 16, dampi
         error = held.relative_error(phi)
         if error < best:
             best, best_state, best_train, stale = error, copy_state(state), train.relative_error(phi), 0
+            if stop_at is not None and best <= stop_at:
+                break
         else:
             stale += 1
             if stale >= patience:

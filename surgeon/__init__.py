@@ -47,7 +47,7 @@ from surgeon.noise import (
     StochasticSkip,
 )
 from surgeon.ops import dct, fwht, idct
-from surgeon.recovery import DistillConfig, Distiller, distill, param_groups
+from surgeon.recovery import DistillConfig, Distiller, compare, distill, param_groups
 from surgeon.reporting import Report, report
 from surgeon.surgery.convert import convert
 from surgeon.surgery.engine import apply_surgery
@@ -58,7 +58,7 @@ from surgeon.surgery.rules import Replacement, Rule, Site
 from surgeon.surgery.transform import register_transform
 
 __all__ = [
-    "DistillConfig", "Distiller", "LowRankConfig", "LowRankLinear", "distill", "param_groups",   # issue 16
+    "DistillConfig", "Distiller", "LowRankConfig", "LowRankLinear", "compare", "distill", "param_groups",  # issue 16
     "ACDCConfig", "FastfoodConfig", "MollifyConfig", "NoisifyConfig", "TransformConfig", "register_transform",
     "ACDCLinear", "Annealer", "CheckpointError", "ConfigError", "ExportError", "ExportResult", "FastfoodLinear",
     "FitError", "FitWarning", "KernelFallbackWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU",

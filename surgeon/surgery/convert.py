@@ -428,7 +428,7 @@ register_linear(ACDCConfig, LinearStructure(
     _acdc_params, has_depth=True))
 register_linear(FastfoodConfig, LinearStructure(FastfoodLinear, lambda c, _in, _out: {"adaptive": c.adaptive},
                                                 _fastfood_params))
-register_linear(LowRankConfig, LinearStructure(LowRankLinear, lambda c: {}, _lowrank_params,
+register_linear(LowRankConfig, LinearStructure(LowRankLinear, lambda c, _in, _out: {}, _lowrank_params,
                                                size_of=_lowrank_rank, size_name="rank"))
 
 

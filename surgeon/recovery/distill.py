@@ -19,6 +19,7 @@ from torch import nn
 from surgeon.errors import ConfigError
 from surgeon.recovery.config import DistillConfig
 from surgeon.recovery.groups import param_groups
+from surgeon.surgery.fit import call_with
 from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import SurgeryRecord, append_record, records
 from surgeon.surgery.transform import Call, register_transform
@@ -81,14 +82,6 @@ def _batches(data: torch.Tensor | Sequence[Any], batch_size: int, gen: torch.Gen
     return data[int(torch.randint(0, len(data), (1,), generator=gen))]
 
 
-def _call(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
 class Distiller:
     """Resumable distillation state: ``step()`` one batch, ``state_dict()`` / ``load_state_dict()`` to resume."""
 
@@ -114,7 +107,7 @@ class Distiller:
         with torch.no_grad():
             for label, model in (("teacher", self.teacher), ("student", self.student)):
                 try:
-                    output = logits_of(_call(model, batch))
+                    output = logits_of(call_with(model, batch))
                 except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                     shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -126,9 +119,9 @@ class Distiller:
 
     def _loss(self, batch: Any, student_taps: _Taps, teacher_taps: _Taps) -> torch.Tensor:
         with torch.no_grad():
-            target = logits_of(_call(self.teacher, batch))
+            target = logits_of(call_with(self.teacher, batch))
         config = self.config
-        value = output_loss(logits_of(_call(self.student, batch)), target, config.loss, config.temperature)
+        value = output_loss(logits_of(call_with(self.student, batch)), target, config.loss, config.temperature)
         if self.layers:
             parts = [output_loss(student_taps.outputs[n], teacher_taps.outputs[n].detach(), "mse", 1.0)
                      for n in self.layers]

@@ -46,7 +46,8 @@ class FitResult:
     train_error: float    # the same on the rows it was fitted to
 
 
-def _call(model: Callable[..., Any], batch: Batch) -> Any:
+def call_with(model: Callable[..., Any], batch: Batch) -> Any:
+    """``model`` applied to one batch: a tensor, a tuple of positional args or a dict of keyword args."""
     if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
@@ -109,7 +110,7 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
     try:
         root.eval()
         for batch in calibration:
-            _call(runner, batch)
+            call_with(runner, batch)
             if all(rows.count >= limit for rows in store.values()):
                 break
     finally:

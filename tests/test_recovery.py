@@ -100,3 +100,17 @@ def test_budget_spends_about_the_fraction_and_replays(tmp_path) -> None:
     surgeon.save(out, tmp_path / "b.safetensors")
     back = surgeon.load(tmp_path / "b.safetensors", _teacher())
     assert back[2].rank == out[2].rank
+
+
+def test_acdc_budget_records_depths_that_replay(tmp_path) -> None:
+    teacher = _teacher()
+    calibration = [torch.randn(128, 16) for _ in range(2)]
+    out = surgeon.convert(teacher, "acdc", budget=0.2, min_features=16, init="fit", calibration=calibration,
+                          quiet=True)
+    depths = records(out)[-1].config["depth"]
+    assert set(depths) == {"0", "2"} and depths == {"0": out[0].depth, "2": out[2].depth}
+    dense = sum(teacher[i].weight.numel() + teacher[i].bias.numel() for i in (0, 2))
+    assert sum(p.numel() for i in (0, 2) for p in out[i].parameters()) <= 0.2 * dense
+    surgeon.save(out, tmp_path / "a.safetensors")
+    back = surgeon.load(tmp_path / "a.safetensors", _teacher())
+    assert (back[0].depth, back[2].depth) == (out[0].depth, out[2].depth)

@@ -32,7 +32,7 @@ def _matched_ranks(model: nn.Sequential, depth: int) -> dict[str, int]:
 
 
 def run(ctx: RecipeContext, *, widths: Sequence[int] = (256, 256, 256), epochs: int = 40, batch_size: int = 64,
-        lr: float = 2e-3, depth: int = 12, calibration_batches: int = 16, distill_steps: int = 600,
+        lr: float = 2e-3, depth: int = 12, calibration_batches: int = 16, distill_steps: int = 900,
         distill_lr: float = 3e-3, distill_batch: int = 128, kinds: Sequence[str] = ("acdc", "fastfood", "lowrank")
         ) -> tuple[dict[str, Any], Callable[[str], None]]:
     import surgeon

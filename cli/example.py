@@ -9,7 +9,7 @@ import typer
 
 from surgeon import zoo
 from surgeon.cli.failures import run_guarded
-from surgeon.cli.files import check_output, write_atomically
+from surgeon.cli.files import check_output, place_file
 from surgeon.cli.options import ForceOption, OutputOption, QuietOption
 from surgeon.cli.output import Output
 
@@ -31,7 +31,7 @@ def example_command(
         target = output or f"{name}.pt"
         check_output(target, force=force, suffixes=(".pt",))
         payload = {"arch": f"example:{name}", "state_dict": model.state_dict()}
-        write_atomically(target, lambda tmp: torch.save(payload, tmp))
+        place_file(target, lambda tmp: torch.save(payload, tmp), force=force)
         params = sum(p.numel() for p in model.parameters())
         out.info(f"wrote {target}: example:{name}, {params:,} parameters")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from surgeon.cli.failures import UsageError, run_guarded
-from surgeon.cli.files import check_output, default_output, save_model, write_atomically
+from surgeon.cli.files import check_output, default_output, place_file, save_model
 from surgeon.cli.models import example_inputs, load_model
 from surgeon.cli.options import (
     ArchOption,
@@ -52,6 +52,7 @@ def export_command(
 
     def action() -> None:
         storage = parse_dtype(dtype)
+        shape = parse_shape(input_shape)
         suffix = ".onnx" if format is ExportFormat.onnx else ".safetensors"
         if format is ExportFormat.onnx and storage is not None:
             raise UsageError("--dtype applies to --format safetensors only")
@@ -60,16 +61,16 @@ def export_command(
         loaded = load_model(model, arch=arch, trust=trust)
         loaded.model.eval()
         if format is ExportFormat.safetensors:
-            size = save_model(loaded.model, target, arch=loaded.arch, dtype=storage)
+            size = save_model(loaded.model, target, arch=loaded.arch, dtype=storage, force=force)
             out.info(f"wrote {target} ({size / 1e6:.2f} MB)")
             out.data({"path": target, "bytes": size})
             return
         from surgeon.io.onnx_export import export_onnx
 
-        inputs = example_inputs(loaded, parse_shape(input_shape), required=True)
+        inputs = example_inputs(loaded, shape, required=True)
         results = []
-        write_atomically(target, lambda tmp: results.append(
-            export_onnx(loaded.model, (inputs,), tmp, opset=opset, check=check)))
+        place_file(target, lambda tmp: results.append(
+            export_onnx(loaded.model, (inputs,), tmp, opset=opset, check=check)), force=force)
         summary = results[0].to_dict()
         summary["path"] = target
         out.info(f"wrote {target} ({summary['file_bytes'] / 1e6:.2f} MB; limit for this model "

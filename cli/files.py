@@ -1,4 +1,4 @@
-"""Output paths: refuse to clobber, write atomically, never touch the input."""
+"""Output paths: refuse to clobber, write atomically, never touch the input, know what was written."""
 
 from __future__ import annotations
 
@@ -7,6 +7,29 @@ import tempfile
 
 from surgeon.cli.failures import InputError, UsageError
 from surgeon.io.atomic import write_atomically
+
+# Outputs this command was asked to write -> what stood at the path beforehand (os.stat identity, or None), so
+# an interrupt can tell the truth about which of them now exist.
+_planned: dict[str, tuple[int, int, int] | None] = {}
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+
+def forget_outputs() -> None:
+    """Start a new command's list (one process may run several commands, e.g. under a test runner)."""
+    _planned.clear()
+
+
+def written_outputs() -> list[str]:
+    """The planned outputs that were placed (they exist and are not what stood there before)."""
+    return [path for path, before in _planned.items()
+            if (now := _identity(path)) is not None and now != before]
 
 
 def default_output(model_spec: str, tag: str, suffix: str = ".safetensors") -> str:
@@ -30,7 +53,7 @@ def check_output(path: str, *, force: bool, inputs: tuple[str, ...] = (), suffix
         raise UsageError(f"output {path} is the input file; the input is never modified, choose another path")
     if os.path.isdir(path):
         raise InputError(f"output {path} is a directory")
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:
         raise InputError(f"output {path} already exists; pass --force to overwrite it")
     directory = os.path.dirname(absolute)
     if not os.path.isdir(directory):
@@ -40,10 +63,17 @@ def check_output(path: str, *, force: bool, inputs: tuple[str, ...] = (), suffix
             pass
     except OSError as exc:
         raise InputError(f"output directory {directory} is not writable ({exc.strerror or exc})") from None
+    _planned[path] = _identity(path)
     return path
 
 
-def save_model(model, path: str, *, arch: str | None, dtype=None) -> int:
+def place_file(path: str, write, *, force: bool) -> None:
+    """``write(tmp)`` then place the file atomically; without ``force`` a file that appeared at ``path`` since
+    :func:`check_output` (a concurrent command) is not replaced."""
+    write_atomically(path, write, overwrite=force)
+
+
+def save_model(model, path: str, *, arch: str | None, dtype=None, force: bool = False) -> int:
     """Write ``model`` to ``path`` by its extension: ``.safetensors`` (weights + recipe; the original
     architecture's spec is recorded) or ``.pt`` (a whole pickled module). Returns the bytes written."""
     import torch
@@ -53,8 +83,8 @@ def save_model(model, path: str, *, arch: str | None, dtype=None) -> int:
 
     if path.endswith(".safetensors"):
         metadata = {ARCH_METADATA_KEY: arch} if arch else None
-        return save(model, path, dtype=dtype, metadata=metadata)
+        return save(model, path, dtype=dtype, metadata=metadata, overwrite=force)
     if dtype is not None:
         raise UsageError("--dtype applies to .safetensors outputs only")
-    write_atomically(path, lambda tmp: torch.save(model, tmp))
+    place_file(path, lambda tmp: torch.save(model, tmp), force=force)
     return os.path.getsize(path)

@@ -153,12 +153,12 @@ def _load_pickle(path: str) -> LoadedModel:
 
 def load_model(spec: str, *, arch: str | None = None, trust: bool = False) -> LoadedModel:
     """Load the MODEL argument of a command (see the module docstring for what is accepted)."""
+    if arch is not None and not arch.startswith(EXAMPLE_PREFIX) and not _ARCH.match(arch):
+        raise UsageError(f"--arch must look like package.module:factory or example:NAME, got {arch!r}")
     if spec.startswith(EXAMPLE_PREFIX):
         name = spec[len(EXAMPLE_PREFIX):]
         return LoadedModel(zoo.build_example(name), "example", spec, name)
     _check_file(spec)
-    if arch is not None and not arch.startswith(EXAMPLE_PREFIX) and not _ARCH.match(arch):
-        raise UsageError(f"--arch must look like package.module:factory or example:NAME, got {arch!r}")
     if spec.endswith(".pt2"):
         raise InputError(f"{spec}: torch.export programs (.pt2) are not supported; save the model's state_dict "
                          f"and pass --arch")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,6 +32,7 @@ ExcludeOption = Annotated[list[str] | None, typer.Option(
     "--exclude", help="Regex of layers to leave untouched; repeatable.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for permutations and initialisation.")]
 
+MAX_INPUT_ELEMENTS = 1 << 28  # a 1 GiB fp32 example input; larger shapes are typos
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -70,15 +72,23 @@ def usage_errors(flags: dict[str, str]) -> Iterator[None]:
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape``: comma-separated positive integers, at most ``MAX_INPUT_ELEMENTS`` elements in all."""
     if text is None:
         return None
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--input-shape must be comma-separated integers, got {text!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise UsageError(f"--input-shape must be positive integers, got {text!r}")
-    return shape
+    shape = []
+    for entry in text.split(","):
+        try:
+            size = int(entry)
+        except ValueError:
+            raise UsageError(f"--input-shape {text!r}: entry {entry.strip()!r} is not an integer "
+                             f"(expected e.g. 1,3,224,224)") from None
+        if size < 1:
+            raise UsageError(f"--input-shape {text!r}: entry {size} is not positive")
+        shape.append(size)
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise UsageError(f"--input-shape {text!r} has {math.prod(shape):,} elements; at most "
+                         f"{MAX_INPUT_ELEMENTS:,} (2**28) are allowed")
+    return tuple(shape)
 
 
 def parse_dtype(text: str | None) -> torch.dtype | None:

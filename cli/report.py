@@ -39,6 +39,7 @@ def report_command(
     def action() -> None:
         from surgeon.reporting import report
 
+        shape = parse_shape(input_shape)
         loaded = load_model(model, arch=arch, trust=trust)
         if baseline is not None:
             reference = load_model(baseline, arch=arch, trust=trust).model
@@ -47,7 +48,7 @@ def report_command(
         else:
             reference = None
         result = report(loaded.model, baseline=reference,
-                        example_inputs=example_inputs(loaded, parse_shape(input_shape)))
+                        example_inputs=example_inputs(loaded, shape))
         out.show(result)
         out.data(result.to_dict())
 

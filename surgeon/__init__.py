@@ -33,6 +33,7 @@ from surgeon.errors import (
     TraceFallbackWarning,
 )
 from surgeon.io import CheckpointError, ExportError, ExportResult, export_onnx, load, onnx_latency, save
+from surgeon.io.hf import from_pretrained, save_pretrained
 from surgeon.layers import ACDCLinear, FastfoodLinear, LowRankLinear
 from surgeon.noise import (
     Annealer,
@@ -66,4 +67,5 @@ __all__ = [
     "Rule", "SelectionError", "SelectionWarning", "Site", "StochasticSkip", "SurgeonError", "SurgeonWarning",
     "SurgeryError", "SurgeryRecord", "TraceFallbackWarning", "__version__", "apply_surgery", "convert", "dct",
     "export_onnx", "fwht", "idct", "load", "mollify", "noisify", "onnx_latency", "records", "report", "save",
+    "from_pretrained", "save_pretrained",
 ]

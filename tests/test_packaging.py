@@ -52,7 +52,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     for folder in SOURCES:
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "surgeon_launcher.py"):  # the console script's module
         shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",

@@ -17,6 +17,8 @@ from surgeon.layers.acdc import MAX_DEPTH
 from surgeon.ops.acdc import ACTIVATIONS, canonical_activation
 
 INITS = ("random", "fit")
+#: What ``LinearConfig.targets`` may name (the sources are in :mod:`surgeon.surgery.linear_sources`).
+TARGETS = ("linear", "conv1x1")
 #: Depths ``depth="auto"`` tries, smallest first.
 AUTO_DEPTHS = (1, 2, 4, 8, 12, 16, 24, 32)
 DEFAULT_DEPTH = 12
@@ -37,7 +39,10 @@ class LinearConfig(TransformConfig):
     (default: on when calibration is given): each layer is fitted on the inputs it receives in the partly
     converted model, in execution order, against the dense model's outputs. ``budget``: keep about this fraction
     of the selected layers' parameters, choosing each layer's depth (ACDC) or rank (low-rank) by measured fit
-    error gained per parameter; the record stores the per-layer choice.
+    error gained per parameter; the record stores the per-layer choice. ``targets``: which linear maps are
+    candidates — ``"linear"`` (``nn.Linear``, ``F.linear`` calls, Hugging Face ``Conv1D``) and/or ``"conv1x1"``
+    (1×1 convolutions with ``groups=1`` and no padding, as a map over channels; see
+    :mod:`surgeon.surgery.linear_sources`).
     """
 
     transform: ClassVar[str] = "convert"
@@ -52,9 +57,12 @@ class LinearConfig(TransformConfig):
     fit_rows: int = 2048
     sequential: bool | None = None
     budget: float | None = None
+    targets: tuple[str, ...] = ("linear",)
 
     def check(self) -> None:
         super().check()
+        self._subset("targets", TARGETS)
+        self._set("targets", tuple(t for t in TARGETS if t in self.targets))   # a set's order is not stable
         self._integer("min_features", at_least=0)
         self._flag("skip_output")
         self._integer("seed", optional=True)

@@ -1,25 +1,115 @@
-"""Atomic file writes: a failed or interrupted write never leaves a partial file at the destination."""
+"""Atomic file writes: a failed or interrupted write never leaves a partial file at the destination.
+
+The data goes to a temporary file beside ``path`` (same file system, so placing it is atomic), given the mode a
+plain ``open(path, "w")`` would give (``0o666 & ~umask``; ``mkstemp`` makes it 0600), flushed to disk, then
+placed. Without ``overwrite`` the placement is a hard link, which fails if ``path`` appeared meanwhile (another
+process writing the same output), so a file created concurrently is never replaced. A write that fills the disk
+raises ``OSError(ENOSPC)`` naming ``path``, whatever the writer reported (torch says "unexpected pos ...").
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_FULL_BELOW_BYTES = 1 << 16  # a failed write that leaves less free space than this ran out of it
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *, fsync: bool = True) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it into place."""
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *, fsync: bool = True,
+                     overwrite: bool = True) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then place it at ``path``.
+
+    ``overwrite=False``: raise ``FileExistsError`` instead of replacing a file that exists at placement time.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".surgeon-", suffix=os.path.splitext(path)[1] + ".tmp", dir=directory)
     os.close(fd)
     try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            if fsync:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        except Exception as exc:
+            if _ran_out_of_space(exc, directory):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from exc
+            raise
+        _place(tmp, path, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` can only set it)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ran_out_of_space(exc: BaseException, directory: str) -> bool:
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(chain) or "os error 28" in str(chain):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FULL_BELOW_BYTES
+
+
+def _place(tmp: str, path: str, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "already exists", path) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        _rename_noreplace(tmp, path)
+
+
+def _rename_noreplace(tmp: str, path: str) -> None:
+    """``renameat2(RENAME_NOREPLACE)`` for file systems without hard links; an exclusive create otherwise."""
+    failure = _renameat2_noreplace(tmp, path)
+    if failure == 0:
+        return
+    if failure == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, "already exists", path)
+    # Neither primitive: reserve the name exclusively, then replace the (empty, ours) placeholder.
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "already exists", path) from None
+    os.replace(tmp, path)
+
+
+def _renameat2_noreplace(tmp: str, path: str) -> int | None:
+    """0 on success, the errno on failure, None where libc has no ``renameat2``."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    at_cwd = -100
+    if renameat2(at_cwd, os.fsencode(tmp), at_cwd, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+        return 0
+    return ctypes.get_errno()

@@ -29,7 +29,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.io.atomic import write_atomically
-from surgeon.surgery.record import RECORDS_ATTRIBUTE, SurgeryRecord, records
+from surgeon.surgery.record import SurgeryRecord, append_record, records, set_records, unwrap
 
 FORMAT_VERSION = "1"
 _HALF_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -72,7 +72,10 @@ def _plain_tensors(model: nn.Module, dtype: torch.dtype | None) -> tuple[dict[st
         if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
             raise CheckpointError(f"cannot save {name!r}: it is an uninitialised lazy tensor; "
                                   "run one forward pass first")
-        if tensor.numel() > 0 and tensor.device.type != "meta":
+        if tensor.device.type == "meta":
+            raise CheckpointError(f"cannot save {name!r}: it is on the meta device and holds no data; "
+                                  "materialise the model first (e.g. model.to_empty(device='cpu') and load weights)")
+        if tensor.numel() > 0:
             key = _view_key(tensor)
             if key in first_by_view:
                 aliases[name] = first_by_view[key]
@@ -87,20 +90,22 @@ def _plain_tensors(model: nn.Module, dtype: torch.dtype | None) -> tuple[dict[st
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
-         metadata: dict[str, str] | None = None) -> int:
+         metadata: dict[str, str] | None = None, overwrite: bool = True) -> int:
     """Write ``model``'s weights and surgery recipe to the ``.safetensors`` file ``path``; returns its size.
 
     ``dtype``: None keeps every tensor's dtype (bit-exact round trip); ``torch.float16`` / ``torch.bfloat16``
     (or ``torch.float32``) stores floating tensors in that dtype, integer buffers unchanged; loading casts back
     to the model's dtype. The write is atomic: a temporary file in the same directory replaced into ``path``, so
     an interrupted save never leaves a partial checkpoint. ``metadata`` adds string entries of the caller's own
-    (e.g. how to rebuild the original architecture).
+    (e.g. how to rebuild the original architecture). ``overwrite=False`` raises ``FileExistsError`` rather than
+    replace a file at ``path`` (even one created by another process while this one was writing).
     """
     from safetensors.torch import save_file
 
     if dtype is not None and dtype not in _HALF_DTYPES:
         raise CheckpointError(f"dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     path = os.fspath(path)
+    model = unwrap(model)      # a torch.compile wrapper would prefix every key with _orig_mod.
     tensors, aliases = _plain_tensors(model, dtype)
     recipe = [r.to_dict() for r in records(model)]
     try:
@@ -114,7 +119,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype | None
     if any(not isinstance(k, str) or not isinstance(v, str) or k in metadata for k, v in extra.items()):
         raise CheckpointError("extra metadata must map new string keys to string values")
     metadata.update(extra)
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite=overwrite)
     return file_size(path)
 
 
@@ -177,6 +182,9 @@ def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") 
     else:
         recipe_steps = list(enumerate(recipe, start=1))
     for step, record in recipe_steps:
+        if not record.selected and not record.changes:
+            append_record(model, record)     # a step that changed nothing replays as nothing
+            continue
         where = f"checkpoint {path!r} does not fit this model: recipe step {step} ({record.transform})"
         try:
             with warnings.catch_warnings():
@@ -194,6 +202,27 @@ def apply_recipe(model: nn.Module, recipe: list[SurgeryRecord], path: str = "") 
         if absent:
             raise CheckpointError(f"{where} needs module {absent[0]!r}, which the model lacks")
     return model
+
+
+def _aliases_of(metadata: dict[str, str], tensors: dict[str, torch.Tensor], path: str) -> dict[str, str]:
+    """The ``surgeon.aliases`` map, refused unless every alias is a name that is not stored itself and points at
+    one that is (a tampered map would otherwise tie tensors and silently drop the stored one)."""
+    try:
+        aliases = json.loads(metadata.get("surgeon.aliases", "{}"))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path!r} has unreadable alias metadata: {exc}") from exc
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in aliases.items()):
+        raise CheckpointError(f"checkpoint {path!r} has malformed alias metadata: expected a JSON object of "
+                              "names to stored names")
+    for alias, target in aliases.items():
+        if alias in tensors:
+            raise CheckpointError(f"checkpoint {path!r} is inconsistent: alias {alias!r} is also stored as a "
+                                  "tensor")
+        if target not in tensors:
+            raise CheckpointError(f"checkpoint {path!r} is inconsistent: alias {alias!r} points to missing "
+                                  f"tensor {target!r}")
+    return aliases
 
 
 def _retie(model: nn.Module, alias: str, target: str) -> None:
@@ -221,18 +250,15 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
     path = os.fspath(path)
     tensors, metadata = read_checkpoint(path)
     recipe = recipe_of(metadata, path)
-    try:
-        aliases: dict[str, str] = json.loads(metadata.get("surgeon.aliases", "{}"))
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {path!r} has unreadable alias metadata: {exc}") from exc
+    aliases = _aliases_of(metadata, tensors, path)
     model = apply_recipe(model, recipe, path)
-    for alias, target in aliases.items():
-        if target not in tensors:
-            raise CheckpointError(f"checkpoint {path!r} is inconsistent: alias {alias!r} points to missing "
-                                  f"tensor {target!r}")
     state = model.state_dict(keep_vars=True)
     for alias, target in aliases.items():
         if alias in state and target in state and state[alias] is not state[target]:
+            if tuple(state[alias].shape) != tuple(state[target].shape):
+                raise CheckpointError(f"checkpoint {path!r} is inconsistent: alias {alias!r} ties tensors of "
+                                      f"different shapes ({tuple(state[alias].shape)} and {target!r} "
+                                      f"{tuple(state[target].shape)})")
             _retie(model, alias, target)
     state = model.state_dict(keep_vars=True)
     stored = set(tensors) | set(aliases)
@@ -240,7 +266,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
         for name in state:
             if name not in stored:
                 raise CheckpointError(f"checkpoint {path!r} does not fit this model: missing key {name!r}")
-        for name in tensors:
+        for name in [*tensors, *aliases]:
             if name not in state:
                 raise CheckpointError(f"checkpoint {path!r} does not fit this model: unexpected key {name!r} "
                                       "(no such parameter or buffer in the rebuilt model)")
@@ -254,5 +280,5 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
                 raise CheckpointError(f"checkpoint {path!r} does not fit this model: shape mismatch for {name!r} "
                                       f"(file {tuple(source.shape)}, model {shape})")
             target.copy_(source.to(device=target.device, dtype=target.dtype))
-    object.__setattr__(model, RECORDS_ATTRIBUTE, list(recipe))
+    set_records(model, list(recipe))
     return model

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgeon.layers.checks import require_floating
 from surgeon.ops.acdc import acdc_cascade_ref, canonical_activation
 from surgeon.ops.dispatch import acdc_cascade
 
@@ -86,6 +87,7 @@ class ACDCLinear(nn.Module):
                    dtype=linear.weight.dtype, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_floating(x, self)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"ACDCLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
         if self.size > self.in_features:

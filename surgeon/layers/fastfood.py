@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from surgeon.layers.acdc import _generator, check_features
+from surgeon.layers.checks import require_floating
 from surgeon.ops.dispatch import fastfood
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import next_power_of_two
@@ -59,6 +60,7 @@ class FastfoodLinear(nn.Module):
                    dtype=linear.weight.dtype, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        require_floating(x, self)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"FastfoodLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
         if self.d > self.in_features:

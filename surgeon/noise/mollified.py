@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgeon.layers.checks import require_floating
 from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
 from surgeon.noise.hard import sgn
 
@@ -109,6 +110,7 @@ class MollifiedActivation(PerUnitNoiseModule):
 
         ``noise`` optionally supplies ξ ~ N(0, 1) of x's shape (training mode only).
         """
+        require_floating(x, self)
         out_dtype = x.dtype
         x = x.to(compute_dtype(x))
         f, delta = self._parts(x)

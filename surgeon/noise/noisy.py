@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgeon.layers.checks import require_floating
 from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
 from surgeon.noise.hard import (
     HARD_SIGMOID_THRESHOLD,
@@ -95,6 +96,7 @@ class _NoisyHard(PerUnitNoiseModule):
         ``noise`` optionally supplies ξ ~ N(0, 1) (same shape as x); by default it is drawn with
         ``torch.randn_like``. It is ignored in eval mode.
         """
+        require_floating(x, self)
         out_dtype = x.dtype
         x = x.to(compute_dtype(x))
         xi = None

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from surgeon.layers.checks import require_floating
 from surgeon.noise.base import NoiseModule
 from surgeon.noise.hard import hard_sigmoid, hard_tanh
 from surgeon.noise.mollified import MollifiedActivation
@@ -415,6 +416,7 @@ class NoisyLSTM(_NoisyRNNBase):
     def forward(
         self, input: torch.Tensor | PackedSequence, hx: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor | PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
+        require_floating(input, self)
         output, (h_n, c_n) = self._forward_impl(input, hx)
         return output, (h_n, c_n)
 
@@ -451,6 +453,7 @@ class NoisyGRU(_NoisyRNNBase):
     def forward(
         self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
+        require_floating(input, self)
         output, (h_n,) = self._forward_impl(input, hx)
         return output, h_n
 
@@ -548,6 +551,7 @@ class NoisyLSTMCell(_NoisyCellBase):
     def forward(
         self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        require_floating(input, self)
         unbatched = input.dim() == 1
         if unbatched:
             input = input.unsqueeze(0)
@@ -573,6 +577,7 @@ class NoisyGRUCell(_NoisyCellBase):
     _torch_cls = nn.GRUCell
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        require_floating(input, self)
         unbatched = input.dim() == 1
         if unbatched:
             input = input.unsqueeze(0)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgeon.layers.checks import require_floating
 from surgeon.noise.base import NoiseModule
 
 __all__ = ["EVAL_MODES", "StochasticSkip"]
@@ -92,6 +93,7 @@ class StochasticSkip(NoiseModule):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """h^l of eq. 4.28; extra arguments are passed to the block."""
+        require_floating(x, self)
         y = self.block(x, *args, **kwargs)
         skip = self._match(x, y).to(y.dtype)
         p = self.p.to(y.dtype)

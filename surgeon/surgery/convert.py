@@ -24,6 +24,7 @@ from surgeon.errors import ConfigError, FitWarning
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
 from surgeon.layers.lowrank import LowRankLinear, rank_for_ratio
+from surgeon.surgery import linear_sources
 from surgeon.surgery.budget import allocate
 from surgeon.surgery.engine import apply_surgery
 from surgeon.surgery.fit import DenseMap, capture_inputs, fit_layer, probe_inputs, relative_error, split
@@ -110,33 +111,36 @@ def _quantized_linear_types() -> dict[type[nn.Module], str]:
 
 
 def _linear_shape(site: Site) -> tuple[int, int, bool, torch.Tensor]:
-    """(in_features, out_features, has_bias, weight) of a module or F.linear site."""
+    """(in_features, out_features, has_bias, weight (out, in)) of a module or F.linear site."""
     if site.source == "module":
-        assert isinstance(site.module, nn.Linear)
-        return site.module.in_features, site.module.out_features, site.module.bias is not None, site.module.weight
+        assert site.module is not None
+        seen = linear_sources.view(site.module)
+        return seen.in_features, seen.out_features, seen.bias is not None, seen.weight
     weight = site.info["weight"]
     return weight.shape[1], weight.shape[0], site.info["bias"] is not None, weight
 
 
 def _dense_of(site: Site) -> DenseMap:
     if site.source == "module":
-        assert isinstance(site.module, nn.Linear)
-        return DenseMap(site.module.weight.detach(), None if site.module.bias is None else site.module.bias.detach())
+        assert site.module is not None
+        seen = linear_sources.view(site.module)
+        return DenseMap(seen.weight.detach(), None if seen.bias is None else seen.bias.detach())
     bias = site.info["bias"]
     return DenseMap(site.info["weight"].detach(), None if bias is None else bias.detach())
 
 
 class LinearRule(Rule):
-    """Linear layers -> the structured layer ``config`` describes (ACDCLinear, FastfoodLinear, ...)."""
+    """Linear maps (:mod:`surgeon.surgery.linear_sources`: nn.Linear, F.linear, HF Conv1D and, with
+    ``targets`` containing ``"conv1x1"``, pointwise convolutions) -> the structured layer ``config`` describes."""
 
     name = "linear"
-    module_types = (nn.Linear,)
-    functions = (F.linear,)
     progress_label = "fitting structured layers"
 
     def __init__(self, config: LinearConfig, structure: LinearStructure,
                  calibration: Iterable[Any] | None = None) -> None:
         self.config, self.structure, self.calibration = config, structure, calibration
+        self.module_types = linear_sources.module_types(config.targets)
+        self.functions = (F.linear,) if "linear" in config.targets else ()
         self.layer = structure.layer
         self.depth: int | str | dict[str, int] | None = getattr(config, "depth", None) if structure.has_depth \
             else None
@@ -151,11 +155,13 @@ class LinearRule(Rule):
         self.done = 0
 
     # -- matching ---------------------------------------------------------------------------------------------
+    def matches_module(self, module: nn.Module, name: str) -> bool:
+        return linear_sources.is_source(module, self.config.targets)
+
     def describe_module(self, module: nn.Module) -> str:
-        if isinstance(module, nn.Linear) and not isinstance(module.weight, UninitializedParameter):
-            shape = f"{module.in_features}, {module.out_features}, bias={module.bias is not None}"
-            return f"{type(module).__name__}({shape})"
-        return f"{type(module).__name__}()"
+        if isinstance(getattr(module, "weight", None), UninitializedParameter):
+            return f"{type(module).__name__}()"
+        return linear_sources.describe(module)
 
     def describe_node(self, node: fx.Node) -> str:
         return "F.linear"
@@ -198,9 +204,7 @@ class LinearRule(Rule):
             return "LazyLinear: its shape is unknown until the first forward; run a batch through the model first"
         if hasattr(module, "weight_fake_quant") or getattr(module, "qconfig", None) is not None:
             return "quantization-aware linear: converting would drop its fake-quantisation"
-        if type(module).forward is not nn.Linear.forward:
-            return f"{type(module).__name__} overrides Linear.forward; converting would drop its behaviour"
-        return None
+        return linear_sources.refusal(module)
 
     def decline(self, site: Site) -> str | None:
         in_features, out_features, bias, _ = _linear_shape(site)
@@ -275,8 +279,9 @@ class LinearRule(Rule):
         if self.calibration is not None:
             modules = {s.name: s.module for s in context.sites if s.source == "module"}
             calls = {s.name: s.nodes for s in context.sites if s.source != "module"}
+            channels = {name: linear_sources.channel_dim(m) for name, m in modules.items() if m is not None}
             self.inputs = capture_inputs(context.root, context.graph, modules, calls, features,
-                                         self.calibration, rows)
+                                         self.calibration, rows, channel_dims=channels)
         else:
             self.inputs = {s.name: probe_inputs(features[s.name], rows, self._layer_seed(s)) for s in context.sites}
         if self.config.budget is not None:
@@ -334,8 +339,9 @@ class LinearRule(Rule):
         assert context is not None and self.calibration is not None
         modules = {site.name: site.module} if site.source == "module" else {}
         calls = {} if site.source == "module" else {site.name: site.nodes}
+        channels = {name: linear_sources.channel_dim(m) for name, m in modules.items() if m is not None}
         return capture_inputs(context.root, context.graph, modules, calls, {site.name: _linear_shape(site)[0]},
-                              self.calibration, self.config.fit_rows)[site.name]
+                              self.calibration, self.config.fit_rows, channel_dims=channels)[site.name]
 
     def _plain_svd(self, site: Site, layer: nn.Module) -> float:
         """Data-free low-rank init: the truncated SVD of the weight (best rank-r map in Frobenius norm)."""
@@ -346,6 +352,14 @@ class LinearRule(Rule):
         return relative_error(layer, dense, split(self.inputs[site.name])[1])
 
     def build(self, site: Site) -> Replacement:
+        built = self._build_map(site)
+        if site.source == "module":
+            assert site.module is not None
+            built.module = linear_sources.wrap(site.module, built.module)
+        return built
+
+    def _build_map(self, site: Site) -> Replacement:
+        """The structured (..., in) -> (..., out) map for ``site``, before any channel-axis wrapping."""
         if self.config.init != "fit":
             return Replacement(self._make(site, self._depth_for(site)))
         if self.depth != "auto" or self.config.budget is not None:
@@ -441,7 +455,11 @@ def convert(model: nn.Module, linear: LinearConfig | str = "acdc", *, include: P
     ``"fastfood"``) with its fields as keyword ``options``: ``convert(model, "acdc", depth=12)`` is
     ``convert(model, ACDCConfig(depth=12))``. The configs document every option.
 
-    Shapes are unchanged: a Linear(in, out) becomes a layer mapping (..., in) -> (..., out).
+    Shapes are unchanged: a Linear(in, out) becomes a layer mapping (..., in) -> (..., out). ``targets``
+    (default ``("linear",)``: ``nn.Linear``, ``F.linear`` calls, Hugging Face ``Conv1D``) may add ``"conv1x1"``:
+    1×1 ``nn.Conv1d/2d/3d`` with ``groups=1`` and no padding become a structured map over channels
+    (:class:`~surgeon.layers.pointwise.PointwiseConv`; a stride subsamples first), for any input layout the
+    convolution accepts.
 
     Selection (see :mod:`surgeon.surgery.select`): ``include`` / ``exclude`` regexes or name lists, ``filter_fn(module,
     name)``. By default two kinds of layer stay dense, each recorded as a skip with its reason: the output layer

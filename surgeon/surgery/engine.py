@@ -54,18 +54,20 @@ from surgeon.configs.base import TransformConfig
 from surgeon.errors import SelectionError, SelectionWarning, SurgeryError, TraceFallbackWarning
 from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import (
-    RECORDS_ATTRIBUTE,
     Change,
     Skip,
     SurgeryRecord,
     append_record,
     records,
+    set_records,
+    unwrap,
 )
 from surgeon.surgery.rules import Group, Replacement, Rule, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, NameMatcher, Pattern, describe_candidates
 from surgeon.surgery.tracing import (
     mark_outputs_fallback,
     mark_outputs_traced,
+    reads_parameters_of,
     trace,
     unseen_calls,
 )
@@ -186,6 +188,8 @@ class _Discovery:
             reason = self._blocked_reason(site) or self._tied_reason(site)
             if reason is None and self.graph is not None:
                 reason = self._direct_use_reason(site, called, read, module_site_names)
+            elif reason is None and site.source == "module":
+                reason = self._source_read_reason(site)
             if reason is None:
                 reason = site.rule.refuse(site)
             if reason is not None:
@@ -212,6 +216,15 @@ class _Discovery:
             if others:
                 mine = next(n for n in self.param_names[id(tensor)] if n in own) if own else "a parameter"
                 return f"parameter {mine} is tied to {others[0]}; replacing it would untie the weights"
+        return None
+
+    def _source_read_reason(self, site: Site) -> str | None:
+        """Without a graph, parameter reads show only in the source of the owner's forward."""
+        for name in site.names:
+            owner, attr = _parent(name)
+            found = reads_parameters_of(self.modules.get(owner, self.root), attr)
+            if found:
+                return f"forward reads its parameters directly ({found}); a replacement module would break it"
         return None
 
     def _direct_use_reason(self, site: Site, called: set[str], read: dict[str, list[fx.Node]],
@@ -387,7 +400,7 @@ def _graph_module(work: nn.Module, graph: fx.Graph, class_name: str) -> fx.Graph
     for name, module in gm.named_modules(remove_duplicate=False):
         if name in own:
             module.training = own[name].training
-    object.__setattr__(gm, RECORDS_ATTRIBUTE, records(work))
+    set_records(gm, records(work))
     return gm
 
 
@@ -505,7 +518,9 @@ def apply_surgery(model: nn.Module, rules: Sequence[Rule], *, config: TransformC
     exclude_m = NameMatcher.parse(exclude, "exclude")
     if filter_fn is not None and not callable(filter_fn):
         raise SelectionError(f"filter_fn must be callable (module, name) -> bool, got {type(filter_fn).__name__}")
+    model = unwrap(model)
     work = model if inplace else copy.deepcopy(model)
+    set_records(work, records(model))     # a copy of a GraphModule may have dropped them
     leaf_types = tuple(t for r in rules for t in (*r.module_types, *r.unsupported))
     graph, why = trace(work, leaf_types)
     discovery = _Discovery(work, rules, graph)

@@ -58,13 +58,14 @@ def call_with(model: Callable[..., Any], batch: Batch) -> Any:
 class _Rows:
     """Collects up to ``limit`` input rows (last dim ``features``) per layer."""
 
-    def __init__(self, features: int, limit: int) -> None:
+    def __init__(self, features: int, limit: int, channel_dim: int = -1) -> None:
         self.features, self.limit, self.parts, self.count = features, limit, [], 0
+        self.channel_dim = channel_dim   # where the features sit in the input (a convolution's channel axis)
 
     def add(self, x: torch.Tensor) -> None:
         if self.count >= self.limit:
             return
-        rows = x.detach().reshape(-1, self.features)[: self.limit - self.count].float()
+        rows = x.detach().movedim(self.channel_dim, -1).reshape(-1, self.features)[: self.limit - self.count].float()
         self.parts.append(rows.clone())
         self.count += rows.shape[0]
 
@@ -88,14 +89,18 @@ class _Recorder(fx.Interpreter):
 @torch.no_grad()
 def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str, nn.Module],
                    calls: Mapping[str, list[fx.Node]], features: Mapping[str, int],
-                   calibration: Iterable[Batch], limit: int) -> dict[str, torch.Tensor]:
+                   calibration: Iterable[Batch], limit: int,
+                   channel_dims: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Real inputs of each layer, keyed by site name, from running ``root`` on ``calibration`` in eval mode.
 
     ``modules`` maps site names to dense modules (forward hooks capture their input); ``calls`` maps site names to
     fx call nodes (an fx Interpreter over a copy of ``graph`` captures their first argument). Returns (rows, in)
-    float32 tensors with at most ``limit`` rows each. The model's train/eval flags are restored afterwards.
+    float32 tensors with at most ``limit`` rows each; ``channel_dims`` names, per site, the input axis holding the
+    features when it is not the last (a 1×1 convolution's channel axis). The model's train/eval flags are
+    restored afterwards.
     """
-    store = {name: _Rows(features[name], limit) for name in [*modules, *calls]}
+    dims = dict(channel_dims or {})
+    store = {name: _Rows(features[name], limit, dims.get(name, -1)) for name in [*modules, *calls]}
     handles = [module.register_forward_hook(lambda m, args, out, rows=store[name]: rows.add(args[0]))
                for name, module in modules.items()]
     modes = {m: m.training for m in root.modules()}

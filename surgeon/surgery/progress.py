@@ -41,7 +41,7 @@ class LazyProgress:
         if self._progress is None:
             if time.monotonic() - self._start < self.delay:
                 return
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn(),
                                       console=Console(stderr=True), transient=True)
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=self.total)

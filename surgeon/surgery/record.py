@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from surgeon.configs.base import TransformConfig, config_type
 from surgeon.configs.legacy import translate_record
@@ -85,16 +86,37 @@ class SurgeryRecord:
                                f"from a checkpoint: {exc}") from None
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) runs, or ``model`` itself."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    wrapper = getattr(dynamo, "OptimizedModule", None) if dynamo is not None else None
+    while wrapper is not None and isinstance(model, wrapper):
+        model = model._orig_mod
+    return model
+
+
 def records(model: nn.Module) -> list[SurgeryRecord]:
     """The surgeries applied to ``model``, oldest first (empty for an untouched model)."""
-    return list(getattr(model, RECORDS_ATTRIBUTE, []))
+    return list(getattr(unwrap(model), RECORDS_ATTRIBUTE, []))
+
+
+def set_records(model: nn.Module, history: list[SurgeryRecord]) -> None:
+    """Make ``history`` the records of ``model`` (of the module a torch.compile wrapper runs).
+
+    A GraphModule's ``copy.deepcopy`` rebuilds it from its graph and keeps no plain attribute, only its ``meta``
+    and the attributes listed there under fx's user-preserved key; the records are listed there too, so
+    chained surgery (which copies its input) keeps every step.
+    """
+    model = unwrap(model)
+    object.__setattr__(model, RECORDS_ATTRIBUTE, list(history))
+    if isinstance(model, fx.GraphModule):
+        key = getattr(fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
+        model.meta.setdefault(key, {})[RECORDS_ATTRIBUTE] = list(history)
 
 
 def append_record(model: nn.Module, record: SurgeryRecord) -> None:
     """Attach ``record`` to ``model`` (instance-level; nothing global is touched)."""
-    history = list(getattr(model, RECORDS_ATTRIBUTE, []))
-    history.append(record)
-    object.__setattr__(model, RECORDS_ATTRIBUTE, history)
+    set_records(model, [*records(model), record])
 
 
 def _json_able(value: Any) -> bool:

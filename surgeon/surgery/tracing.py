@@ -23,14 +23,31 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 class SurgeryTracer(fx.Tracer):
     """``fx.Tracer`` whose leaves also include the given module types."""
 
-    def __init__(self, leaf_types: tuple[type[nn.Module], ...]) -> None:
+    # A GraphModule remembers its tracer class and unpickling re-traces with ``tracer_cls()``: no required args.
+    def __init__(self, leaf_types: tuple[type[nn.Module], ...] = ()) -> None:
         super().__init__()
         self.leaf_types = leaf_types
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        return is_surgeon_unit(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+_UNIT_PACKAGES = ("surgeon.layers.", "surgeon.noise.")
+
+
+def is_surgeon_unit(module: nn.Module) -> bool:
+    """A replacement an earlier surgery installed (ACDCLinear, NoisyLSTM, ...) with only such units inside.
+
+    Their forwards check shapes and branch on them, which fx cannot trace; kept as leaves, a later transform in a
+    chain (convert after noisify, ...) still sees the rest of the model's graph. A StochasticSkip wraps a user
+    block and stays traceable, so the calls inside that block remain visible.
+    """
+    if not type(module).__module__.startswith(_UNIT_PACKAGES):
+        return False
+    return all(type(m).__module__.startswith(_UNIT_PACKAGES) or isinstance(m, (nn.ModuleList, nn.ModuleDict))
+               for m in module.modules())
 
 
 def trace(model: nn.Module, leaf_types: tuple[type[nn.Module], ...]) -> tuple[fx.Graph | None, str]:
@@ -142,3 +159,22 @@ def unseen_calls(model: nn.Module, names: Iterable[str]) -> list[str]:
             label = f"{callee[0]}.{callee[1]}" if callee[0] else callee[1]
             found.append(f"{cls.__name__}.forward:{start + node.lineno - 1} {label}")
     return found
+
+
+def reads_parameters_of(owner: nn.Module, attr: str) -> str | None:
+    """``"Class.forward:line self.attr.weight"`` when ``owner``'s forward reads a parameter of its child ``attr``
+    directly (e.g. T5's ``self.wo.weight.dtype``), else None. Used when there is no graph to show such reads."""
+    forward = getattr(type(owner), "forward", None)
+    if is_builtin(owner) or forward is None:
+        return None
+    try:
+        lines, start = inspect.getsourcelines(forward)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    for node in ast.walk(tree):
+        child = node.value if isinstance(node, ast.Attribute) else None
+        if (isinstance(child, ast.Attribute) and child.attr == attr and isinstance(child.value, ast.Name)
+                and child.value.id == "self" and node.attr in ("weight", "bias")):
+            return f"{type(owner).__name__}.forward:{start + node.lineno - 1} self.{attr}.{node.attr}"
+    return None

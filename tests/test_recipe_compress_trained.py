@@ -18,3 +18,6 @@ def test_compress_trained_quick(tmp_path) -> None:
         assert stage["params"] < summary["dense"]["params"]
         assert all(math.isfinite(e) for e in stage["fit_errors"])
         assert 0 <= stage["after_fit"] <= 1 and 0 <= stage["after_distill"] <= 1
+        lm = summary["gpt2"][kind]   # every GPT-2 block projection (HF Conv1D) converted and measured
+        assert lm["layers"] == 8 and lm["layer_params"] < lm["dense_layer_params"]
+        assert math.isfinite(lm["after_fit"]) and math.isfinite(lm["after_distill"])

@@ -17,7 +17,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from surgeon import __version__
 from surgeon.cli.bench import bench_command
+from surgeon.cli.compare import compare_command
 from surgeon.cli.convert import convert_command
+from surgeon.cli.distill import distill_command
 from surgeon.cli.example import example_command
 from surgeon.cli.export import export_command
 from surgeon.cli.failures import EXIT_USAGE, Interrupted, install_signal_handlers, interrupted_message
@@ -92,6 +94,8 @@ app.command("mollify")(mollify_command)
 app.command("bench")(bench_command)
 app.command("train")(train_command)
 app.command("example")(example_command)
+app.command("distill")(distill_command)
+app.command("compare")(compare_command)
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,

@@ -19,7 +19,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-from surgeon.configs import ACDCConfig, FastfoodConfig, MollifyConfig, NoisifyConfig, TransformConfig
+from surgeon.configs import ACDCConfig, FastfoodConfig, LowRankConfig, MollifyConfig, NoisifyConfig, TransformConfig
 from surgeon.errors import (
     ConfigError,
     FitError,
@@ -34,7 +34,7 @@ from surgeon.errors import (
 )
 from surgeon.io import CheckpointError, ExportError, ExportResult, export_onnx, load, onnx_latency, save
 from surgeon.io.hf import from_pretrained, save_pretrained
-from surgeon.layers import ACDCLinear, FastfoodLinear
+from surgeon.layers import ACDCLinear, FastfoodLinear, LowRankLinear
 from surgeon.noise import (
     Annealer,
     MollifiedActivation,
@@ -48,6 +48,7 @@ from surgeon.noise import (
     StochasticSkip,
 )
 from surgeon.ops import dct, fwht, idct
+from surgeon.recovery import DistillConfig, Distiller, compare, distill, param_groups
 from surgeon.reporting import Report, report
 from surgeon.surgery.convert import convert
 from surgeon.surgery.engine import apply_surgery
@@ -58,6 +59,7 @@ from surgeon.surgery.rules import Replacement, Rule, Site
 from surgeon.surgery.transform import register_transform
 
 __all__ = [
+    "DistillConfig", "Distiller", "LowRankConfig", "LowRankLinear", "compare", "distill", "param_groups",  # issue 16
     "ACDCConfig", "FastfoodConfig", "MollifyConfig", "NoisifyConfig", "TransformConfig", "register_transform",
     "ACDCLinear", "Annealer", "CheckpointError", "ConfigError", "ExportError", "ExportResult", "FastfoodLinear",
     "FitError", "FitWarning", "KernelFallbackWarning", "MollifiedActivation", "NoiseModule", "NoisyGRU",

@@ -14,8 +14,8 @@ import pytest
 
 from surgeon.recipes.runner import RECIPES_DIR, list_recipes, load_recipe, resolve_entry, run_recipe
 
-ALL = ["acdc_regression", "alexnet_fc_acdc", "convert_trained", "digits_deepfried", "parity_mollified",
-       "unique_count_noisy"]
+ALL = ["acdc_regression", "alexnet_fc_acdc", "compress_trained", "convert_trained", "digits_deepfried",
+       "parity_mollified", "unique_count_noisy"]
 
 
 def _numbers(value):

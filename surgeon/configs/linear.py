@@ -35,9 +35,13 @@ class LinearConfig(TransformConfig):
     keeps the classifier). ``seed``: the layer at candidate index i gets ``seed + i``. ``init``: ``"random"``
     (train from scratch) or ``"fit"`` (fit each replacement to its dense layer); ``max_error`` (relative
     held-out error, in (0, 1)) and ``target_ratio`` (compression) are the fit's goals; ``fit_steps`` optimiser
-    steps on ``fit_rows`` captured inputs per layer. ``targets``: which linear maps are candidates —
-    ``"linear"`` (``nn.Linear``, ``F.linear`` calls, Hugging Face ``Conv1D``) and/or ``"conv1x1"`` (1×1
-    convolutions with ``groups=1`` and no padding, as a map over channels; see
+    steps (for structures without a closed-form fit) on ``fit_rows`` captured inputs per layer. ``sequential``
+    (default: on when calibration is given): each layer is fitted on the inputs it receives in the partly
+    converted model, in execution order, against the dense model's outputs. ``budget``: keep about this fraction
+    of the selected layers' parameters, choosing each layer's depth (ACDC) or rank (low-rank) by measured fit
+    error gained per parameter; the record stores the per-layer choice. ``targets``: which linear maps are
+    candidates — ``"linear"`` (``nn.Linear``, ``F.linear`` calls, Hugging Face ``Conv1D``) and/or ``"conv1x1"``
+    (1×1 convolutions with ``groups=1`` and no padding, as a map over channels; see
     :mod:`surgeon.surgery.linear_sources`).
     """
 
@@ -51,6 +55,8 @@ class LinearConfig(TransformConfig):
     target_ratio: float | None = None
     fit_steps: int = 300
     fit_rows: int = 2048
+    sequential: bool | None = None
+    budget: float | None = None
     targets: tuple[str, ...] = ("linear",)
 
     def check(self) -> None:
@@ -65,10 +71,16 @@ class LinearConfig(TransformConfig):
         self._number("target_ratio", above=0, optional=True)
         self._integer("fit_steps", at_least=1)
         self._integer("fit_rows", at_least=1)
+        if self.sequential is not None:
+            self._flag("sequential")
+        self._number("budget", above=0, at_most=1, optional=True)
+        if self.budget is not None and self.init != "fit":
+            self._fail("budget", "chooses sizes by fitting; it needs init='fit'")
 
     def for_replay(self) -> LinearConfig:
-        # Every weight is overwritten from the file: a random init rebuilds the same structure without data.
-        return self.replace(init="random")
+        # Every weight is overwritten from the file: a random init rebuilds the same structure without data
+        # (a budget was resolved into per-layer sizes when the record was written).
+        return self.replace(init="random", sequential=None, budget=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,3 +147,30 @@ class FastfoodConfig(LinearConfig):
     def check(self) -> None:
         super().check()
         self._flag("adaptive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LowRankConfig(LinearConfig):
+    """:class:`~surgeon.layers.LowRankLinear` ``x ↦ U(Vᵀx) + b``, the truncated-SVD baseline.
+
+    ``rank``: an integer or a mapping {layer name: rank}; or ``ratio``: the fraction of each layer's dense
+    parameters to keep, in (0, 1] (default 0.25 when neither is given). With ``init="fit"`` the factors are the
+    activation-whitened truncated SVD on calibration data, or the plain SVD of the weight without it.
+    """
+
+    name: ClassVar[str] = "lowrank"
+
+    rank: int | dict[str, int] | None = None
+    ratio: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.rank is not None and self.ratio is not None:
+            self._fail("rank", "give rank or ratio, not both")
+        ranks = list(self.rank.values()) if isinstance(self.rank, dict) else [self.rank]
+        if self.rank is not None and not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1
+                                             for r in ranks):
+            self._fail("rank", f"must be a positive integer or a mapping {{layer name: rank}}; got {self.rank!r}")
+        if isinstance(self.rank, dict):
+            self._set("rank", dict(self.rank))
+        self._number("ratio", above=0, at_most=1, optional=True)

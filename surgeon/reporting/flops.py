@@ -19,6 +19,7 @@ from torch import nn
 
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
+from surgeon.layers.lowrank import LowRankLinear
 
 
 def acdc_flops(size: int, depth: int) -> int:
@@ -42,6 +43,8 @@ def flops_per_row(module: nn.Module) -> int | None:
         return acdc_flops(module.size, module.depth)
     if isinstance(module, FastfoodLinear):
         return fastfood_flops(module.d, module.blocks)
+    if isinstance(module, LowRankLinear):
+        return 2 * module.rank * (module.in_features + module.out_features)
     if isinstance(module, nn.Linear) and not isinstance(module.weight, nn.parameter.UninitializedParameter):
         return dense_flops(module.in_features, module.out_features)
     return None

@@ -19,13 +19,17 @@ from torch import fx, nn
 from torch.nn.parameter import UninitializedParameter
 
 from surgeon.configs.base import TransformConfig
-from surgeon.configs.linear import AUTO_DEPTHS, DEFAULT_DEPTH, ACDCConfig, FastfoodConfig, LinearConfig
+from surgeon.configs.linear import AUTO_DEPTHS, DEFAULT_DEPTH, ACDCConfig, FastfoodConfig, LinearConfig, LowRankConfig
 from surgeon.errors import ConfigError, FitWarning
 from surgeon.layers.acdc import ACDCLinear
 from surgeon.layers.fastfood import FastfoodLinear
+from surgeon.layers.lowrank import LowRankLinear, rank_for_ratio
 from surgeon.surgery import linear_sources
+from surgeon.surgery.budget import allocate
 from surgeon.surgery.engine import apply_surgery
-from surgeon.surgery.fit import DenseMap, capture_inputs, fit_layer, probe_inputs
+from surgeon.surgery.fit import DenseMap, capture_inputs, fit_layer, probe_inputs, relative_error, split
+from surgeon.surgery.fit_lowrank import rank_curve
+from surgeon.surgery.moments import Moments
 from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.rules import Replacement, Rule, Site, SurgeryContext
 from surgeon.surgery.select import FilterFn, Pattern
@@ -43,12 +47,16 @@ class LinearStructure:
     out_features))`` builds it (plus
     ``depth=`` when ``has_depth``: the config then has a ``depth`` field, an integer, a mapping or ``"auto"``);
     ``param_count(config, in_features, out_features, bias, depth)`` counts its parameters without building it.
+    ``size_of(config, name, in_features, out_features, bias)``, when given, is the layer's size argument
+    ``size_name`` (a low-rank layer's ``rank=``), passed to ``layer`` and to ``param_count`` in place of a depth.
     """
 
     layer: type[nn.Module]
     options: Callable[[Any, int, int], dict[str, Any]]
     param_count: Callable[[Any, int, int, bool, int], int]
     has_depth: bool = False
+    size_of: Callable[[Any, str, int, int, bool], int] | None = None
+    size_name: str = "depth"
 
 
 STRUCTURES: dict[type[LinearConfig], LinearStructure] = {}
@@ -68,6 +76,25 @@ def _fastfood_params(config: FastfoodConfig, in_features: int, out_features: int
     d = 1 << max(0, (in_features - 1).bit_length())
     blocks = -(-out_features // d)
     return (3 * blocks * d if config.adaptive else 0) + (out_features if bias else 0)
+
+
+def _lowrank_params(config: LowRankConfig, in_features: int, out_features: int, bias: bool, rank: int) -> int:
+    return min(rank, in_features, out_features) * (in_features + out_features) + (out_features if bias else 0)
+
+
+DEFAULT_LOWRANK_RATIO = 0.25
+# Sweeps of the quick fits that measure each depth's error for a budget (ranking depths, not final fits).
+BUDGET_SWEEPS = 2
+
+
+def _lowrank_rank(config: LowRankConfig, name: str, in_features: int, out_features: int, bias: bool) -> int:
+    if isinstance(config.rank, dict):
+        if name in config.rank:
+            return int(config.rank[name])
+    elif config.rank is not None:
+        return int(config.rank)
+    ratio = config.ratio if config.ratio is not None else DEFAULT_LOWRANK_RATIO
+    return rank_for_ratio(in_features, out_features, ratio, bias)
 
 
 def _quantized_linear_types() -> dict[type[nn.Module], str]:
@@ -121,6 +148,9 @@ class LinearRule(Rule):
         self.inputs: dict[str, torch.Tensor] = {}
         self.chosen_depth: dict[str, int] = {}
         self.errors: dict[str, float] = {}
+        self.budget_sizes: dict[str, int] = {}
+        self.context: SurgeryContext | None = None
+        self.sequential = bool(config.sequential) if config.sequential is not None else calibration is not None
         self.progress: LazyProgress | None = None
         self.done = 0
 
@@ -183,8 +213,8 @@ class LinearRule(Rule):
                     "pass skip_output=False or include it by name to convert it")
         if min(in_features, out_features) < self.config.min_features:
             return f"min(in, out) = {min(in_features, out_features)} < min_features={self.config.min_features}"
-        if self.depth != "auto":
-            after = self._param_count(site, self._depth_for(site))
+        if self.depth != "auto" and self.config.budget is None:
+            after = self._param_count(site, self._size_for(site))
             before = in_features * out_features + (out_features if bias else 0)
             if after >= before:
                 return f"{self.layer.__name__} would hold {after} parameters, not fewer than the dense {before}"
@@ -195,7 +225,18 @@ class LinearRule(Rule):
         in_features, out_features, bias, _ = _linear_shape(site)
         return self.structure.param_count(self.config, in_features, out_features, bias, depth)
 
+    def _size_for(self, site: Site) -> int:
+        """The depth or rank the layer at ``site`` gets (a budget's choice first)."""
+        if site.name in self.budget_sizes:
+            return self.budget_sizes[site.name]
+        if self.structure.size_of is not None:
+            in_features, out_features, bias, _ = _linear_shape(site)
+            return self.structure.size_of(self.config, site.name, in_features, out_features, bias)
+        return self._depth_for(site)
+
     def _depth_for(self, site: Site) -> int:
+        if site.name in self.budget_sizes:
+            return self.budget_sizes[site.name]
         if isinstance(self.depth, dict):
             return int(self.depth.get(site.name, DEFAULT_DEPTH))
         return int(self.depth) if isinstance(self.depth, int) else DEFAULT_DEPTH
@@ -209,10 +250,12 @@ class LinearRule(Rule):
                       seed=self._layer_seed(site), device=weight.device, dtype=weight.dtype)
         if self.structure.has_depth:
             kwargs["depth"] = depth
+        if self.structure.size_of is not None:
+            kwargs[self.structure.size_name] = self._size_for(site)
         return self.layer(in_features, out_features, **kwargs)
 
     def _depth_candidates(self, site: Site) -> list[int]:
-        if self.depth != "auto":
+        if self.depth != "auto" or self.config.budget is not None:
             return [self._depth_for(site)]
         in_features, out_features, bias, _ = _linear_shape(site)
         dense = in_features * out_features + (out_features if bias else 0)
@@ -232,6 +275,7 @@ class LinearRule(Rule):
         self.progress, self.done = context.progress, 0
         features = {s.name: _linear_shape(s)[0] for s in context.sites}
         rows = self.config.fit_rows
+        self.context = context
         if self.calibration is not None:
             modules = {s.name: s.module for s in context.sites if s.source == "module"}
             calls = {s.name: s.nodes for s in context.sites if s.source != "module"}
@@ -240,6 +284,38 @@ class LinearRule(Rule):
                                          self.calibration, rows, channel_dims=channels)
         else:
             self.inputs = {s.name: probe_inputs(features[s.name], rows, self._layer_seed(s)) for s in context.sites}
+        if self.config.budget is not None:
+            self.budget_sizes = self._spend_budget(context.sites)
+
+    def _spend_budget(self, sites: list[Site]) -> dict[str, int]:
+        """Per-layer sizes keeping about ``budget`` of the sites' dense parameters, by measured sensitivity."""
+        curves: dict[str, list[tuple[int, int, float]]] = {}
+        dense_total = 0
+        for site in sites:
+            in_features, out_features, bias, _ = _linear_shape(site)
+            dense = in_features * out_features + (out_features if bias else 0)
+            dense_total += dense
+            curves[site.name] = [(size, params, error) for size, params, error in self._curve(site)
+                                 if params < dense]
+        return allocate(curves, self.config.budget * dense_total)
+
+    def _curve(self, site: Site) -> list[tuple[int, int, float]]:
+        """(size, parameters, held-out error) for the sizes this layer could take."""
+        in_features, out_features, bias, _ = _linear_shape(site)
+        dense = _dense_of(site)
+        rows = self.inputs[site.name]
+        if isinstance(self.config, LowRankConfig):
+            train, held = split(rows)
+            errors = rank_curve(Moments.of(train, dense(train)), bias)
+            return [(r + 1, self._param_count(site, r + 1), e) for r, e in enumerate(errors)]
+        if not self.structure.has_depth:
+            return []
+        curve = []
+        for depth in AUTO_DEPTHS:
+            layer = self._make(site, depth)
+            quick = fit_layer(layer, dense, rows, sweeps=BUDGET_SWEEPS)
+            curve.append((depth, self._param_count(site, depth), quick.error))
+        return curve
 
     def _fit(self, site: Site, layer: nn.Module, label: str) -> float:
         progress, base = self.progress, self.done
@@ -248,10 +324,32 @@ class LinearRule(Rule):
             if progress is not None:
                 progress.update(base + fraction, description=f"fitting {site.name} ({label})")
 
-        result = fit_layer(layer, _dense_of(site), self.inputs[site.name], steps=self.config.fit_steps,
-                           seed=self._layer_seed(site), tick=tick)
+        dense = _dense_of(site)
+        inputs, targets = self.inputs[site.name], None
+        if self.sequential:
+            # the rows this layer receives in the partly converted model, against the dense model's outputs
+            targets, inputs = dense(inputs), self._current_inputs(site)
+        result = fit_layer(layer, dense, inputs, steps=self.config.fit_steps, seed=self._layer_seed(site),
+                           tick=tick, targets=targets)
         self.done += 1
         return result.error
+
+    def _current_inputs(self, site: Site) -> torch.Tensor:
+        context = self.context
+        assert context is not None and self.calibration is not None
+        modules = {site.name: site.module} if site.source == "module" else {}
+        calls = {} if site.source == "module" else {site.name: site.nodes}
+        channels = {name: linear_sources.channel_dim(m) for name, m in modules.items() if m is not None}
+        return capture_inputs(context.root, context.graph, modules, calls, {site.name: _linear_shape(site)[0]},
+                              self.calibration, self.config.fit_rows, channel_dims=channels)[site.name]
+
+    def _plain_svd(self, site: Site, layer: nn.Module) -> float:
+        """Data-free low-rank init: the truncated SVD of the weight (best rank-r map in Frobenius norm)."""
+        dense = _dense_of(site)
+        plain = LowRankLinear.from_dense(dense.weight, dense.bias, layer.rank)
+        layer.load_factors(plain.u.detach(), plain.v.detach(), plain.bias)
+        self.done += 1
+        return relative_error(layer, dense, split(self.inputs[site.name])[1])
 
     def build(self, site: Site) -> Replacement:
         built = self._build_map(site)
@@ -264,9 +362,12 @@ class LinearRule(Rule):
         """The structured (..., in) -> (..., out) map for ``site``, before any channel-axis wrapping."""
         if self.config.init != "fit":
             return Replacement(self._make(site, self._depth_for(site)))
-        if self.depth != "auto":
+        if self.depth != "auto" or self.config.budget is not None:
             layer = self._make(site, self._depth_for(site))
-            error = self._fit(site, layer, self.layer.__name__)
+            if isinstance(layer, LowRankLinear) and self.calibration is None:
+                error = self._plain_svd(site, layer)
+            else:
+                error = self._fit(site, layer, self.layer.__name__)
             self.errors[site.name] = error
             return Replacement(layer, fit_error=error, note=self._tolerance_note(error, layer, site))
         max_error = self.config.max_error
@@ -310,8 +411,14 @@ class LinearRule(Rule):
 
     def recorded_config(self, config: TransformConfig) -> TransformConfig:
         # Replaying with init="random" cannot re-run the depth search: record the depths it found.
+        if self.budget_sizes and self.structure.has_depth:
+            return config.replace(depth=dict(self.budget_sizes), budget=None)
         if self.depth == "auto":
             return config.replace(depth=dict(self.chosen_depth))
+        if isinstance(config, LowRankConfig) and self.context is not None:
+            # the ranks a ratio or budget resolved to, per layer, so that replay rebuilds the same shapes
+            ranks = {s.name: self._size_for(s) for s in self.context.sites}
+            return config.replace(rank=ranks, ratio=None, budget=None)
         return config
 
 
@@ -319,7 +426,14 @@ def _convert_with(model: nn.Module, config: LinearConfig, call: Call) -> nn.Modu
     if call.calibration is not None and config.init != "fit":
         raise ConfigError("calibration is only used with init='fit'", field="calibration",
                           rule="is only used with init='fit'")
-    rule = LinearRule(config, STRUCTURES[type(config)], call.calibration)
+    if config.sequential and call.calibration is None:
+        raise ConfigError("sequential fitting needs calibration batches", field="sequential",
+                          rule="needs calibration batches")
+    calibration = call.calibration
+    if calibration is not None and config.init == "fit" and config.sequential is not False \
+            and iter(calibration) is calibration:
+        calibration = list(calibration)   # a one-shot iterator: sequential fitting runs the batches once per layer
+    rule = LinearRule(config, STRUCTURES[type(config)], calibration)
     return apply_surgery(model, [rule], config=config, **call.selection(), inplace=call.inplace, quiet=call.quiet)
 
 
@@ -328,6 +442,8 @@ register_linear(ACDCConfig, LinearStructure(
     _acdc_params, has_depth=True))
 register_linear(FastfoodConfig, LinearStructure(FastfoodLinear, lambda c, _in, _out: {"adaptive": c.adaptive},
                                                 _fastfood_params))
+register_linear(LowRankConfig, LinearStructure(LowRankLinear, lambda c, _in, _out: {}, _lowrank_params,
+                                               size_of=_lowrank_rank, size_name="rank"))
 
 
 def convert(model: nn.Module, linear: LinearConfig | str = "acdc", *, include: Pattern = None,

@@ -1,9 +1,10 @@
 """Fitting a structured layer to the dense layer it replaces (``convert(..., init="fit")``).
 
-The target is the dense map ``y = W x + b``; the fit minimises the normalised squared error
-``‖Φ(X) − Y‖²_F / ‖Y‖²_F`` with Adam (cosine-decayed learning rate) over rows ``X`` that are either the layer's real
-inputs, captured from calibration batches, or standard-normal probes (data-free). A fifth of the rows is held out
-and never trained on; the reported error is the relative output error on it (thesis notation)::
+The target is the dense map ``y = W x + b`` (or, fitting sequentially, the dense model's own activations); the fit
+minimises the normalised squared error ``‖Φ(X) − Y‖²_F / ‖Y‖²_F`` over rows ``X`` that are either the layer's real
+inputs, captured from calibration batches, or standard-normal probes (data-free); see :func:`fit_layer` for how.
+A fifth of the rows is held out and never trained on; the reported error is the relative output error on it
+(thesis notation)::
 
     fit_error = ‖W x − Φ(x)‖ / ‖W x‖     (Frobenius norms over the held-out rows, W x including the bias)
 """
@@ -20,6 +21,10 @@ import torch
 from torch import fx, nn
 
 from surgeon.errors import FitError
+from surgeon.surgery.fit_acdc import fit_cascade
+from surgeon.surgery.fit_fastfood import fit_fastfood
+from surgeon.surgery.fit_lowrank import fit_lowrank
+from surgeon.surgery.moments import Moments
 
 Batch = Any
 
@@ -41,7 +46,8 @@ class FitResult:
     train_error: float    # the same on the rows it was fitted to
 
 
-def _call(model: Callable[..., Any], batch: Batch) -> Any:
+def call_with(model: Callable[..., Any], batch: Batch) -> Any:
+    """``model`` applied to one batch: a tensor, a tuple of positional args or a dict of keyword args."""
     if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
@@ -109,7 +115,7 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
     try:
         root.eval()
         for batch in calibration:
-            _call(runner, batch)
+            call_with(runner, batch)
             if all(rows.count >= limit for rows in store.values()):
                 break
     finally:
@@ -159,17 +165,67 @@ def _dtype(layer: nn.Module) -> torch.dtype:
 
 
 def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps: int = 300, lr: float = 3e-2,
-              batch_rows: int = 512, seed: int | None = None,
-              tick: Callable[[float], None] | None = None) -> FitResult:
-    """Fit ``layer``'s parameters in place so that ``layer(x) ≈ dense(x)`` on ``inputs`` (rows, in).
+              batch_rows: int = 512, seed: int | None = None, tick: Callable[[float], None] | None = None,
+              targets: torch.Tensor | None = None, sweeps: int | None = None) -> FitResult:
+    """Fit ``layer``'s parameters in place so that ``layer(x) ≈ targets`` on ``inputs`` (rows, in); ``targets``
+    (rows, out) defaults to ``dense(inputs)`` (sequential fitting passes the dense model's own activations).
 
-    Optimisation runs in float32 on a float32 copy when the layer is fp16/bf16, then copies the result back.
+    Linear structures are fitted in closed form on the rows' second moments (:mod:`surgeon.surgery.moments`):
+    ACDC cascades without activation by alternating least squares over their diagonals
+    (:mod:`~surgeon.surgery.fit_acdc`), Fastfood block by block (:mod:`~surgeon.surgery.fit_fastfood`), low-rank
+    layers by the activation-whitened truncated SVD (:mod:`~surgeon.surgery.fit_lowrank`). Anything else (a
+    cascade with activations) takes ``steps`` Adam steps on row batches. ``sweeps`` caps the closed-form sweeps
+    (a quick estimate, e.g. for budget curves; default: the solvers' own). Every path keeps the parameters with the
+    lowest held-out error seen, the starting ones included, so a fit never makes a layer worse.
     """
+    if targets is None:
+        targets = dense(inputs)
     train, held = split(inputs)
+    train_t, held_t = split(targets)
+    closed = _closed_form(layer)
+    if closed is not None:
+        extra = {} if sweeps is None or closed is fit_lowrank else {"sweeps": sweeps}
+        result = closed(layer, Moments.of(train, train_t), Moments.of(held, held_t), **extra)
+        if tick is not None:
+            tick(1.0)
+        return FitResult(error=result[0], train_error=result[1])
+    return _fit_by_gradient(layer, train, train_t, held, held_t, steps=steps, lr=lr, batch_rows=batch_rows,
+                            seed=seed, tick=tick)
+
+
+def _closed_form(layer: nn.Module) -> Callable[..., tuple[float, float]] | None:
+    from surgeon.layers.acdc import ACDCLinear
+    from surgeon.layers.fastfood import FastfoodLinear
+    from surgeon.layers.lowrank import LowRankLinear
+
+    if isinstance(layer, ACDCLinear) and layer.activation == "none":
+        return fit_cascade
+    if isinstance(layer, FastfoodLinear):
+        return fit_fastfood
+    if isinstance(layer, LowRankLinear):
+        return fit_lowrank
+    return None
+
+
+@torch.no_grad()
+def _row_error(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> float:
+    num, den = 0.0, 0.0
+    for part, target in zip(inputs.split(chunk), targets.split(chunk)):
+        out = layer(part.to(_dtype(layer))).double()
+        num += float((out - target.double()).pow(2).sum())
+        den += float(target.double().pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
+
+
+def _fit_by_gradient(layer: nn.Module, train: torch.Tensor, train_t: torch.Tensor, held: torch.Tensor,
+                     held_t: torch.Tensor, *, steps: int, lr: float, batch_rows: int, seed: int | None,
+                     tick: Callable[[float], None] | None) -> FitResult:
+    """Adam with a cosine-decayed learning rate on row batches; fp16/bf16 layers are optimised on a float32 copy."""
     device = next(iter(layer.parameters()), torch.empty(0)).device
-    train, held = train.to(device), held.to(device)
-    dense = DenseMap(dense.weight.detach().to(device), None if dense.bias is None else dense.bias.detach().to(device))
+    train, train_t, held, held_t = (t.to(device) for t in (train, train_t, held, held_t))
     work = layer if _dtype(layer) in (torch.float32, torch.float64) else _float_copy(layer)
+    start_error = _row_error(layer, held, held_t)
+    start = copy.deepcopy(layer.state_dict())
     params = list(work.parameters())
     gen = torch.Generator()
     gen.manual_seed(0 if seed is None else int(seed))
@@ -181,15 +237,12 @@ def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps:
             p.requires_grad_(True)
         optimiser = torch.optim.Adam(params, lr=lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
-        with torch.no_grad():
-            scale = dense(train).pow(2).mean().clamp_min(1e-12)
+        scale = train_t.pow(2).mean().clamp_min(1e-12)
         for step in range(steps):
-            if train.shape[0] > batch_rows:
-                rows = train[torch.randint(0, train.shape[0], (batch_rows,), generator=gen).to(device)]
-            else:
-                rows = train
+            index = (torch.randint(0, train.shape[0], (batch_rows,), generator=gen).to(device)
+                     if train.shape[0] > batch_rows else slice(None))
             with torch.enable_grad():
-                loss = (work(rows.to(_dtype(work))) - dense(rows).to(_dtype(work))).pow(2).mean() / scale
+                loss = (work(train[index].to(_dtype(work))) - train_t[index].to(_dtype(work))).pow(2).mean() / scale
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
             optimiser.step()
@@ -203,7 +256,9 @@ def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps:
         with torch.no_grad():
             for dst, src in zip(layer.parameters(), work.parameters()):
                 dst.copy_(src.to(dst.dtype))
-    return FitResult(error=relative_error(layer, dense, held), train_error=relative_error(layer, dense, train))
+    if _row_error(layer, held, held_t) > start_error:
+        layer.load_state_dict(start)
+    return FitResult(error=_row_error(layer, held, held_t), train_error=_row_error(layer, train, train_t))
 
 
 def _float_copy(layer: nn.Module) -> nn.Module:

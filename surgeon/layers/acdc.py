@@ -8,26 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgeon.layers.checks import require_floating
+from surgeon.layers.base import StructuredLinear, check_features, seeded_generator
 from surgeon.ops.acdc import acdc_cascade_ref, canonical_activation
 from surgeon.ops.dispatch import acdc_cascade
 
 MAX_DEPTH = 1024   # the one limit on ACDC depth (the configs and the CLI read it here)
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    gen = torch.Generator()
-    gen.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed))
-    return gen
-
-
-def check_features(in_features: int, out_features: int) -> None:
-    for label, value in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
-
-
-class ACDCLinear(nn.Module):
+class ACDCLinear(StructuredLinear):
     """``Φ(x) = Π_k A_k C D_k C⁻¹``-style cascade of ``depth`` ACDC factors mapping (..., in) -> (..., out).
 
     Each factor is ``y = IDCT(DCT(x ⊙ a_k) ⊙ d_k + b_k)``; between factors the ``activation`` and a fixed
@@ -61,7 +49,7 @@ class ACDCLinear(nn.Module):
         self.a = nn.Parameter(torch.empty(depth, self.size, **factory))
         self.d = nn.Parameter(torch.empty(depth, self.size, **factory))
         self.register_parameter("b", nn.Parameter(torch.empty(depth, self.size, **factory)) if bias else None)
-        gen = _generator(seed)
+        gen = seeded_generator(seed)
         if self.permute and depth > 1:
             perms = torch.stack([torch.randperm(self.size, generator=gen) for _ in range(depth - 1)])
             self.register_buffer("perms", perms.to(device))
@@ -85,19 +73,8 @@ class ACDCLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:  # nn.Linear-like introspection
         return self.b
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **kwargs: Any) -> ACDCLinear:
-        """A randomly initialised cascade with ``linear``'s shape, device and dtype (fitting is in surgery)."""
-        kwargs.setdefault("bias", linear.bias is not None)
-        return cls(linear.in_features, linear.out_features, device=linear.weight.device,
-                   dtype=linear.weight.dtype, **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        require_floating(x, self)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"ACDCLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
-        if self.size > self.in_features:
-            x = nn.functional.pad(x, (0, self.size - self.in_features))
+        x = self.checked_input(x, self.size)
         # Triton on CUDA, torch elsewhere; ``layer.backend`` / SURGEON_BACKEND force either (surgeon.ops.dispatch).
         y = acdc_cascade(x, self.a, self.d, self.b, self.perms, self.activation,
                          backend=getattr(self, "backend", "auto"), recompute=getattr(self, "recompute", True))
@@ -116,12 +93,7 @@ class ACDCLinear(nn.Module):
                                    self.a.double(), self.d.double(), None if self.b is None else self.b.double(),
                                    self.perms, "none")[:, : self.out_features]
         offset = outputs[0]
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.b is not None,
-                           device=ref.device, dtype=ref.dtype)
-        linear.weight.copy_((outputs[1:] - offset).T)
-        if linear.bias is not None:
-            linear.bias.copy_(offset)
-        return linear
+        return self.dense_linear((outputs[1:] - offset).T, offset if self.b is not None else None, ref)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer's structure (JSON-serialisable)."""
@@ -130,8 +102,6 @@ class ACDCLinear(nn.Module):
                 "permute": self.permute, "init_std": self.init_std, "seed": self.seed}
 
     def extra_repr(self) -> str:
-        params = sum(p.numel() for p in self.parameters())
-        dense = self.in_features * self.out_features + self.out_features
         return (f"in_features={self.in_features}, out_features={self.out_features}, depth={self.depth}, "
                 f"N={self.size}, activation={self.activation}, permute={self.permute}, bias={self.b is not None}, "
-                f"params={params} (dense {dense}, ×{dense / max(params, 1):.1f} fewer)")
+                f"{self.size_summary()}")

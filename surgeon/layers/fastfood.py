@@ -8,14 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgeon.layers.acdc import _generator, check_features
-from surgeon.layers.checks import require_floating
+from surgeon.layers.base import StructuredLinear, check_features, seeded_generator
 from surgeon.ops.dispatch import fastfood
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import next_power_of_two
 
 
-class FastfoodLinear(nn.Module):
+class FastfoodLinear(StructuredLinear):
     """``y = S Ĥ G Π Ĥ B x + bias`` mapping (..., in) -> (..., out) in O(out) storage, O(out log d) compute.
 
     The input is zero-padded to ``d``, the next power of two ≥ in; ``⌈out/d⌉`` independent transforms are
@@ -34,7 +33,7 @@ class FastfoodLinear(nn.Module):
         self.adaptive, self.seed = bool(adaptive), seed
         self.d = next_power_of_two(in_features)
         self.blocks = -(-out_features // self.d)
-        gen = _generator(seed)
+        gen = seeded_generator(seed)
         shape = (self.blocks, self.d)
         binary = torch.randint(0, 2, shape, generator=gen, dtype=torch.float64) * 2 - 1
         perm = torch.stack([torch.randperm(self.d, generator=gen) for _ in range(self.blocks)])
@@ -52,19 +51,8 @@ class FastfoodLinear(nn.Module):
         self.register_buffer("perm", perm.to(device))
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, **factory)) if bias else None)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **kwargs: Any) -> FastfoodLinear:
-        """A random Fastfood layer with ``linear``'s shape, device and dtype (fitting is in surgery)."""
-        kwargs.setdefault("bias", linear.bias is not None)
-        return cls(linear.in_features, linear.out_features, device=linear.weight.device,
-                   dtype=linear.weight.dtype, **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        require_floating(x, self)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"FastfoodLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
-        if self.d > self.in_features:
-            x = nn.functional.pad(x, (0, self.d - self.in_features))
+        x = self.checked_input(x, self.d)
         y = fastfood(x, self.scale, self.gauss, self.binary, self.perm, backend=getattr(self, "backend", "auto"))
         if self.bias is not None:
             return y[..., : self.out_features] + self.bias
@@ -78,12 +66,7 @@ class FastfoodLinear(nn.Module):
         probes = nn.functional.pad(probes, (0, self.d - self.in_features))
         weight = fastfood_ref(probes, self.scale.double(), self.gauss.double(), self.binary.double(),
                               self.perm)[:, : self.out_features].T
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.scale.device, dtype=self.scale.dtype)
-        linear.weight.copy_(weight)
-        if self.bias is not None:
-            linear.bias.copy_(self.bias)
-        return linear
+        return self.dense_linear(weight, self.bias, self.scale)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer's structure (JSON-serialisable)."""
@@ -91,8 +74,6 @@ class FastfoodLinear(nn.Module):
                 "bias": self.bias is not None, "seed": self.seed}
 
     def extra_repr(self) -> str:
-        params = sum(p.numel() for p in self.parameters())
-        dense = self.in_features * self.out_features + self.out_features
         return (f"in_features={self.in_features}, out_features={self.out_features}, d={self.d}, "
                 f"blocks={self.blocks}, adaptive={self.adaptive}, bias={self.bias is not None}, "
-                f"params={params} (dense {dense}, ×{dense / max(params, 1):.1f} fewer)")
+                f"{self.size_summary()}")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgeon.layers.acdc import _generator, check_features
+from surgeon.layers.base import StructuredLinear, check_features, seeded_generator
 
 
 def rank_for_ratio(in_features: int, out_features: int, ratio: float, bias: bool = True) -> int:
@@ -18,7 +18,7 @@ def rank_for_ratio(in_features: int, out_features: int, ratio: float, bias: bool
     return max(1, min(min(in_features, out_features), int(budget // (in_features + out_features))))
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(StructuredLinear):
     """Rank-``rank`` linear map (..., in) -> (..., out): ``y = (x vᵀ) uᵀ + bias``.
 
     Parameters: ``v`` (rank, in), ``u`` (out, rank), ``bias`` (out,) — ``rank·(in + out) + out`` numbers. Random
@@ -36,7 +36,7 @@ class LowRankLinear(nn.Module):
         self.in_features, self.out_features, self.seed = in_features, out_features, seed
         self.rank = min(rank, in_features, out_features)
         factory = {"device": device, "dtype": dtype}
-        gen = _generator(seed)
+        gen = seeded_generator(seed)
         v = torch.randn(self.rank, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)
         u = torch.randn(out_features, self.rank, generator=gen, dtype=torch.float64) / math.sqrt(3 * self.rank)
         self.v = nn.Parameter(v.to(**factory))
@@ -64,19 +64,13 @@ class LowRankLinear(nn.Module):
         return layer.load_factors(left[:, : layer.rank] * root, root.unsqueeze(1) * right[: layer.rank], bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"LowRankLinear expected inputs with last dim {self.in_features}, got {tuple(x.shape)}")
+        x = self.checked_input(x)
         return nn.functional.linear(nn.functional.linear(x, self.v), self.u, self.bias)
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` (weight ``u v``)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.u.device, dtype=self.u.dtype)
-        linear.weight.copy_(self.u @ self.v)
-        if self.bias is not None:
-            linear.bias.copy_(self.bias)
-        return linear
+        return self.dense_linear(self.u @ self.v, self.bias, self.u)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer's structure (JSON-serialisable)."""
@@ -84,7 +78,5 @@ class LowRankLinear(nn.Module):
                 "bias": self.bias is not None, "seed": self.seed}
 
     def extra_repr(self) -> str:
-        params = sum(p.numel() for p in self.parameters())
-        dense = self.in_features * self.out_features + self.out_features
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"bias={self.bias is not None}, params={params} (dense {dense}, ×{dense / max(params, 1):.1f} fewer)")
+                f"bias={self.bias is not None}, {self.size_summary()}")

@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from surgeon.layers.checks import require_floating
+
 __all__ = ["NoiseModule", "PerUnitNoiseModule", "HALF_NORMAL_MEAN", "compute_dtype"]
 
 #: E|xi| for xi ~ N(0, 1): the mean of a half-normal variable (thesis, text after eq. 4.17).
@@ -183,6 +185,15 @@ class PerUnitNoiseModule(LazyModuleMixin, NoiseModule):
         if isinstance(param, UninitializedParameter):
             return None
         return int(param.shape[0])
+
+    def noisy_input(self, x: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` in its compute dtype (fp32 for 16-bit inputs) and the ξ ~ N(0, 1) of x's shape that training
+        mode uses (``noise`` when given, else drawn; None in eval mode)."""
+        require_floating(x, self)
+        x = x.to(compute_dtype(x))
+        if not self.training:
+            return x, None
+        return x, torch.randn_like(x) if noise is None else noise.to(x.dtype)
 
     def unit_view(self, param: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Reshape a ``(num_features,)`` parameter so it broadcasts along ``unit_dim`` of ``x``."""

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgeon.layers.checks import require_floating
-from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
+from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule
 from surgeon.noise.hard import sgn
 
 __all__ = ["DEFAULT_C", "EVAL_NOISE", "MOLLIFIED_KINDS", "MollifiedActivation"]
@@ -110,12 +109,8 @@ class MollifiedActivation(PerUnitNoiseModule):
 
         ``noise`` optionally supplies ξ ~ N(0, 1) of x's shape (training mode only).
         """
-        require_floating(x, self)
         out_dtype = x.dtype
-        x = x.to(compute_dtype(x))
-        xi = None
-        if self.training:
-            xi = torch.randn_like(x) if noise is None else noise.to(x.dtype)
+        x, xi = self.noisy_input(x, noise)
         a = self.unit_view(self.a.to(x.dtype), x)
         return self.psi(x, xi, a, self.p.to(x.dtype) * self.c.to(x.dtype)).to(out_dtype)
 

@@ -27,8 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from surgeon.layers.checks import require_floating
-from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule, compute_dtype
+from surgeon.noise.base import HALF_NORMAL_MEAN, PerUnitNoiseModule
 from surgeon.noise.hard import (
     HARD_SIGMOID_THRESHOLD,
     HARD_TANH_THRESHOLD,
@@ -159,12 +158,8 @@ class _NoisyHard(PerUnitNoiseModule):
         ``noise`` optionally supplies ξ ~ N(0, 1) (same shape as x); by default it is drawn with
         ``torch.randn_like``. It is ignored in eval mode.
         """
-        require_floating(x, self)
         out_dtype = x.dtype
-        x = x.to(compute_dtype(x))
-        xi = None
-        if self.training:
-            xi = torch.randn_like(x) if noise is None else noise.to(x.dtype)
+        x, xi = self.noisy_input(x, noise)
         p = self.unit_view(self.p.to(x.dtype), x) if self.mode in _LEARNED_P_MODES else None
         return self.phi(x, xi, p, self.c.to(x.dtype)).to(out_dtype)
 

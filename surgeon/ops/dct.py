@@ -144,20 +144,20 @@ class _OrthoDCT(torch.autograd.Function):
         return _OrthoDCT.apply(grad.contiguous(), 5 - ctx.kind), None
 
 
-def dct(x: torch.Tensor, engine: Engine = "auto") -> torch.Tensor:
-    """Orthonormal DCT-II of ``x`` along the last dim: (..., N) -> (..., N); ``y = x C^T`` (eq. 3.27)."""
+def _ortho_transform(x: torch.Tensor, kind: int, engine: Engine) -> torch.Tensor:
     if x.shape[-1] == 0:
         return x.clone()
     if resolve_engine(x, engine) == "torch":
-        return _torch_dct2(x)
-    return _OrthoDCT.apply(x, 2)
+        return _torch_dct2(x) if kind == 2 else _torch_dct3(x)
+    return _OrthoDCT.apply(x, kind)
+
+
+def dct(x: torch.Tensor, engine: Engine = "auto") -> torch.Tensor:
+    """Orthonormal DCT-II of ``x`` along the last dim: (..., N) -> (..., N); ``y = x C^T`` (eq. 3.27)."""
+    return _ortho_transform(x, 2, engine)
 
 
 def idct(y: torch.Tensor, engine: Engine = "auto") -> torch.Tensor:
     """Orthonormal DCT-III (inverse of :func:`dct`) along the last dim: (..., N) -> (..., N); ``x = y C``."""
-    if y.shape[-1] == 0:
-        return y.clone()
-    if resolve_engine(y, engine) == "torch":
-        return _torch_dct3(y)
-    return _OrthoDCT.apply(y, 3)
+    return _ortho_transform(y, 3, engine)
 

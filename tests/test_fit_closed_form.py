@@ -169,3 +169,10 @@ def test_lowrank_onnx_parity(tmp_path) -> None:
     (got,) = session.run(None, {"input_0": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, out(x).numpy(), atol=1e-5)
+
+
+def test_low_rank_layer_takes_the_default_dtype_like_nn_linear():
+    """Built without a dtype, the factors follow torch's default dtype (they are drawn in float64 first)."""
+    layer = LowRankLinear(12, 10, rank=3)
+    assert {p.dtype for p in layer.parameters()} == {torch.get_default_dtype()}
+    assert layer(torch.randn(2, 12)).dtype == torch.get_default_dtype()

@@ -35,7 +35,7 @@ class LowRankLinear(StructuredLinear):
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.in_features, self.out_features, self.seed = in_features, out_features, seed
         self.rank = min(rank, in_features, out_features)
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         gen = seeded_generator(seed)
         v = torch.randn(self.rank, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)
         u = torch.randn(out_features, self.rank, generator=gen, dtype=torch.float64) / math.sqrt(3 * self.rank)

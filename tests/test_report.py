@@ -84,3 +84,19 @@ def test_str_renders_the_tables() -> None:
     dense = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
     text = str(make_report(dense))
     assert "0.weight" not in text and "Linear" in text and f"{128 * 128 + 128 + 128 * 10 + 10:,}" in text
+
+
+def test_batch_one_reaches_a_one_by_one_batch_norm_in_training_mode() -> None:
+    """MobileNetV3's head sees a 1×1 map: at batch 1 a training batch norm there has one value per channel. The
+    report measures it with running statistics for that call only (torch raises otherwise) and leaves every mode,
+    hook and buffer as found."""
+    from tests.archs import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = report(model, example_inputs=torch.randn(1, 3, 32, 32))
+    assert rep.total.activation_bytes > 0 and rep.total.flops > 0
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -153,6 +154,34 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+@contextmanager
+def _running_statistics_where_needed(model: nn.Module) -> Iterator[None]:
+    """A training batch norm that receives one value per channel (a batch-1 example reaching MobileNetV3's 1×1
+    head) cannot compute batch statistics and raises; for that call only it uses its running statistics, as
+    ``eval()`` would. Every other call runs exactly as in training."""
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if module.training and isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() == x.shape[1]:
+            module.train(False)
+            module._surgeon_report_restore = True
+
+    def post(module: nn.Module, args: tuple, output: Any) -> None:
+        if getattr(module, "_surgeon_report_restore", False):
+            del module._surgeon_report_restore
+            module.train(True)
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [h for m in norms for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for norm in norms:
+            post(norm, (), None)
+
+
 def _measure(model: nn.Module, example_inputs: Any) -> tuple[dict[int, int], dict[int, int], int]:
     """(flops by module id, saved bytes by module id, unattributed saved bytes) of one forward."""
     meter = SavedTensorMeter(model)
@@ -165,7 +194,7 @@ def _measure(model: nn.Module, example_inputs: Any) -> tuple[dict[int, int], dic
 
     snapshot = {name: buf.detach().clone() for name, buf in model.named_buffers()}
     try:
-        with torch.enable_grad(), meter.measuring(on_call):
+        with torch.enable_grad(), _running_statistics_where_needed(model), meter.measuring(on_call):
             _call(model, example_inputs)
     finally:
         with torch.no_grad():

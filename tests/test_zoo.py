@@ -88,7 +88,6 @@ class _MainOutput(nn.Module):
 
 
 # One per family: a transformer, a net with strided pointwise convs (PointwiseConv), an HF encoder, the LSTM.
-# (GPT-2 is compiled below instead: its mask code uses aten::diff, which the TorchScript ONNX exporter lacks.)
 ONNX_CASES = [("ViT", "acdc"), ("ResNet-18", "fastfood"), ("BERT", "acdc"), ("LSTM LM", "fastfood")]
 
 
@@ -101,6 +100,20 @@ def test_onnx_export_matches_onnxruntime(name: str, kind: str, tmp_path) -> None
         warnings.simplefilter("ignore")
         result = surgeon.export_onnx(model, entry.inputs("tiny"), tmp_path / "model.onnx")
     assert result.passed and result.max_rel_error <= 1e-4 and result.checked_batches == [2, 5]
+
+
+def test_hf_gpt2_exports_as_it_is_through_the_dynamo_fallback(tmp_path) -> None:
+    """The HF model itself, not a wrapper: it returns a ModelOutput and has ``config.use_cache``, and its mask code
+    calls ``aten::diff``, which the TorchScript exporter lacks, so ``exporter="auto"`` falls back to dynamo."""
+    entry = by_name("GPT-2")
+    _, converted = _converted("GPT-2", "acdc")
+    converted.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = surgeon.export_onnx(converted, entry.inputs("tiny"), tmp_path / "gpt2.onnx")
+    assert result.exporter == "dynamo" and result.output_names == ["output_0"]
+    assert result.passed and result.max_rel_error <= 1e-4 and result.checked_batches == [2, 5]
+    assert converted.config.use_cache, "the model's own cache setting is restored"
 
 
 COMPILE_CASES = [("ResMLP", "fastfood"), ("MobileNetV3-small", "acdc"), ("GPT-2", "fastfood"), ("LSTM LM", "acdc")]

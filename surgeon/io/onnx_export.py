@@ -11,7 +11,10 @@ Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False
   where ``torch.export`` is slower and stricter about Python-side state in noise modules;
 * ``dynamic_axes`` on dim 0 of every input and output gives the dynamic batch.
 
-``exporter="dynamo"`` is available (``optimize=False`` for the same reason) but is not the default.
+``exporter="dynamo"`` (``optimize=False`` for the same reason) is the fallback: the default ``"auto"`` uses it
+when the TorchScript exporter fails (Hugging Face GPT-2's mask code calls ``aten::diff``, which TorchScript
+cannot export). Models returning a mapping (a Hugging Face ``ModelOutput``) export its tensors in order, and a
+model with a Hugging Face ``config.use_cache`` exports without its key/value cache.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +85,40 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
 
 
 def _flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """The output tensors in order: tuples and lists depth first, mappings by value (``None`` entries skipped)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (tuple, list)):
         return [t for item in out for t in _flatten_outputs(item)]
-    raise ExportError(f"model outputs must be tensors or (nested) tuples of tensors, got {type(out).__name__}")
+    if isinstance(out, Mapping):
+        return [t for item in out.values() if item is not None for t in _flatten_outputs(item)]
+    raise ExportError(f"model outputs must be tensors, (nested) tuples or mappings of tensors, got "
+                      f"{type(out).__name__}")
+
+
+class _TupleOutputs(nn.Module):
+    """The model with its outputs flattened to a tuple of tensors, the one output form every exporter accepts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_flatten_outputs(self.model(*inputs)))
+
+
+@contextlib.contextmanager
+def _without_cache(model: nn.Module) -> Iterator[None]:
+    """A Hugging Face model's key/value cache is an object, not a tensor: export the forward without it."""
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)
+    if cached:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if cached:
+            config.use_cache = cached
 
 
 def param_bytes(model: nn.Module) -> int:
@@ -162,7 +194,7 @@ def _in_dtype(model: nn.Module, inputs: tuple[torch.Tensor, ...],
 
 
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int = 18,
-                dynamic_batch: bool = True, check: bool = True, exporter: str = "torchscript",
+                dynamic_batch: bool = True, check: bool = True, exporter: str = "auto",
                 tolerance: float | None = None, dtype: torch.dtype | None = None) -> ExportResult:
     """Export ``model`` (eval mode) to ``path`` with its structured layers lowered to compact ONNX ops.
 
@@ -178,9 +210,12 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 
     Noise modules export in their eval-mode (deterministic) form. Python loops are unrolled by the trace: a
     recurrent model (NoisyLSTM) is exported for the example's sequence length only.
+
+    ``exporter``: ``"torchscript"``, ``"dynamo"``, or ``"auto"`` (TorchScript, then dynamo if it fails; the
+    result's ``exporter`` says which wrote the file).
     """
-    if exporter not in ("torchscript", "dynamo"):
-        raise ExportError(f"unknown exporter {exporter!r}; expected 'torchscript' or 'dynamo'")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ExportError(f"unknown exporter {exporter!r}; expected 'auto', 'torchscript' or 'dynamo'")
     inputs = _as_tuple(example_inputs)
     if not all(isinstance(x, torch.Tensor) for x in inputs):
         raise ExportError("example_inputs must be a tensor or a tuple of tensors")
@@ -191,38 +226,61 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            n_outputs = len(_flatten_outputs(model(*inputs)))
-        lowered = lower_for_export(model)
-        input_names = [f"input_{i}" for i in range(len(inputs))]
-        output_names = [f"output_{i}" for i in range(n_outputs)]
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=directory)
-        os.close(fd)
-        try:
-            _export(lowered, inputs, tmp, opset, dynamic_batch, exporter, input_names, output_names)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        result = ExportResult(path=path, file_bytes=file_size(path), param_bytes=param_bytes(model),
-                              state_bytes=state_bytes(model), opset=opset, exporter=exporter,
-                              input_names=input_names, output_names=output_names, tolerance=tolerance)
-        if check:
-            session = _ort_session(path)
-            batches = [inputs, other_batch(inputs)] if dynamic_batch else [inputs]
-            result.max_abs_error = result.max_rel_error = 0.0
-            for batch in batches:
-                abs_err, rel_err = compare_outputs(session, model, input_names, batch)
-                result.checked_batches.append(int(batch[0].shape[0]))
-                result.max_abs_error = max(result.max_abs_error, abs_err)
-                result.max_rel_error = max(result.max_rel_error, rel_err)
-            if not result.passed:
-                raise ExportError(f"onnxruntime disagrees with torch on {path}: max relative error "
-                                  f"{result.max_rel_error:.3g} > {tolerance:g} (batches {result.checked_batches})")
-        return result
+        with _without_cache(model):
+            return _export_checked(model, inputs, path, opset, dynamic_batch, check, exporter, tolerance)
     finally:
         model.train(was_training)
+
+
+def _export_checked(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int,
+                    dynamic_batch: bool, check: bool, exporter: str, tolerance: float) -> ExportResult:
+    with torch.inference_mode():
+        n_outputs = len(_flatten_outputs(model(*inputs)))
+    lowered = _TupleOutputs(lower_for_export(model))
+    input_names = [f"input_{i}" for i in range(len(inputs))]
+    output_names = [f"output_{i}" for i in range(n_outputs)]
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=directory)
+    os.close(fd)
+    try:
+        used = _export_with(exporter, lowered, inputs, tmp, opset, dynamic_batch, input_names, output_names)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    result = ExportResult(path=path, file_bytes=file_size(path), param_bytes=param_bytes(model),
+                          state_bytes=state_bytes(model), opset=opset, exporter=used,
+                          input_names=input_names, output_names=output_names, tolerance=tolerance)
+    if check:
+        session = _ort_session(path)
+        batches = [inputs, other_batch(inputs)] if dynamic_batch else [inputs]
+        result.max_abs_error = result.max_rel_error = 0.0
+        for batch in batches:
+            abs_err, rel_err = compare_outputs(session, model, input_names, batch)
+            result.checked_batches.append(int(batch[0].shape[0]))
+            result.max_abs_error = max(result.max_abs_error, abs_err)
+            result.max_rel_error = max(result.max_rel_error, rel_err)
+        if not result.passed:
+            raise ExportError(f"onnxruntime disagrees with torch on {path}: max relative error "
+                              f"{result.max_rel_error:.3g} > {tolerance:g} (batches {result.checked_batches})")
+    return result
+
+
+def _export_with(exporter: str, lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int,
+                 dynamic_batch: bool, input_names: list[str], output_names: list[str]) -> str:
+    """Run the chosen exporter (``"auto"``: TorchScript, then dynamo if TorchScript fails); the one that wrote."""
+    if exporter != "auto":
+        _export(lowered, inputs, path, opset, dynamic_batch, exporter, input_names, output_names)
+        return exporter
+    try:
+        _export(lowered, inputs, path, opset, dynamic_batch, "torchscript", input_names, output_names)
+        return "torchscript"
+    except ExportError as first:
+        try:
+            _export(lowered, inputs, path, opset, dynamic_batch, "dynamo", input_names, output_names)
+        except ExportError as second:
+            raise ExportError(f"{first}; the dynamo exporter failed too: {second}") from second
+        return "dynamo"
 
 
 def _export(lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int, dynamic_batch: bool,
@@ -237,7 +295,9 @@ def _export(lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, ops
                                   input_names=input_names, output_names=output_names, dynamic_axes=axes,
                                   do_constant_folding=False)
             else:
-                shapes = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+                # One entry: _TupleOutputs takes the inputs as varargs, which torch.export sees as one tuple.
+                batch = torch.export.Dim("batch")
+                shapes = (tuple({0: batch} for _ in inputs),) if dynamic_batch else None
                 program = torch.onnx.export(lowered, inputs, dynamo=True, opset_version=opset,
                                             input_names=input_names, output_names=output_names,
                                             dynamic_shapes=shapes, optimize=False, verbose=False)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
@@ -304,3 +307,23 @@ def test_folder_placement_never_merges_and_force_swaps(renameat2: bool, tmp_path
         _rename_noreplace(str(tmp_path / "src"), str(tmp_path / "o"))
     _rename_noreplace(str(tmp_path / "src"), str(tmp_path / "dst"))
     assert (tmp_path / "dst" / "f").read_text() == "moved" and not (tmp_path / "src").exists()
+
+
+def test_export_a_converted_gpt2_folder_to_onnx(gpt2: Path, tmp_path: Path) -> None:
+    """GPT-2 needs the dynamo exporter (its mask code calls aten::diff); the failed TorchScript attempt must not
+    dump its IR graph on the user's terminal, and the file must keep the compression (debug metadata dropped)."""
+    small = f"{tmp_path}/small/"
+    code, _, err = run("convert", str(gpt2), "--linear", "acdc", "--depth", "2", "--seed", "0", "-o", small, "-q")
+    assert code == 0, err
+    launcher = [sys.executable, "-c", "import surgeon_launcher, sys; sys.exit(surgeon_launcher.main())"]
+    done = subprocess.run([*launcher, "export", small, "--format", "onnx", "--input-shape", "2,9", "-o",
+                           str(tmp_path / "g.onnx"), "--json"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **OFFLINE})
+    assert done.returncode == 0, done.stderr
+    assert "graph" not in done.stdout + done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["exporter"] == "dynamo" and summary["passed"] and summary["within_size_limit"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    expected = logits(surgeon.from_pretrained(small))
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: TOKENS.numpy()})[0])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

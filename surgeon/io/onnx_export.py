@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -148,6 +149,7 @@ def _ort_session(path: str, threads: int | None = None, spin: bool = True) -> An
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-optimiser notices are not the user's concern
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -290,10 +292,12 @@ def _export(lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, ops
         warnings.simplefilter("ignore")
         try:
             if exporter == "torchscript":
+                quiet = _native_output_silenced()
                 axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
-                torch.onnx.export(lowered, inputs, path, dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=output_names, dynamic_axes=axes,
-                                  do_constant_folding=False)
+                with quiet:
+                    torch.onnx.export(lowered, inputs, path, dynamo=False, opset_version=opset,
+                                      input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                                      do_constant_folding=False)
             else:
                 # One entry: _TupleOutputs takes the inputs as varargs, which torch.export sees as one tuple.
                 batch = torch.export.Dim("batch")
@@ -302,11 +306,43 @@ def _export(lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, ops
                                             input_names=input_names, output_names=output_names,
                                             dynamic_shapes=shapes, optimize=False, verbose=False)
                 program.save(path, external_data=False)
+                _strip_debug_info(path)
         except ExportError:
             raise
         except Exception as exc:  # the exporters raise many unrelated types; give one clear message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export ({exporter}) failed: {type(exc).__name__}: {first}") from exc
+
+
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """torch 2.14's TorchScript exporter turns its C++ log on unconditionally (``setup_onnx_logging`` tests the
+    function object, not its result) and dumps the whole IR graph to stdout when an operator is unsupported; the
+    error it raises says what failed, so the dump is discarded (file descriptors 1 and 2, for the duration)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        for fd, copy_of in zip((1, 2), saved):
+            os.dup2(copy_of, fd)
+            os.close(copy_of)
+
+
+def _strip_debug_info(path: str) -> None:
+    """Drop the dynamo exporter's per-node debug metadata (stack traces, fx names: ~2 KB per node, ten times the
+    weights of a small converted GPT-2) and its intermediate shape annotations; the graph is unchanged."""
+    import onnx
+
+    proto = onnx.load(path)
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    del proto.graph.value_info[:]
+    onnx.save(proto, path)
 
 
 def onnx_latency(model: nn.Module, onnx_path: str | os.PathLike, example_inputs: Any, *, repeats: int = 30,

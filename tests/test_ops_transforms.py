@@ -8,11 +8,11 @@ import scipy.fft
 import scipy.linalg
 import torch
 
-from surgeon.ops.dct import dct, idct, resolve_engine
+from surgeon.ops.dct import dct, idct, matmul_wins, resolve_engine, transform_
 from surgeon.ops.hadamard import fwht, kronecker_split
 
 SIZES = [1, 2, 3, 7, 64, 100, 1000, 1024, 4096]
-ENGINES = ["scipy", "torch"]
+ENGINES = ["matmul", "scipy", "torch"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
@@ -51,8 +51,9 @@ def test_dct_equals_thesis_matrix(n):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_dct_gradcheck(engine):
-    x = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("shape", [(2, 9), (3, 1, 16)])
+def test_dct_gradcheck(engine, shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: dct(t, engine=engine), (x,))
     assert torch.autograd.gradcheck(lambda t: idct(t, engine=engine), (x,))
 
@@ -68,11 +69,51 @@ def test_dct_reduced_precision_computes_in_fp32(dtype):
 
 def test_engine_selection(monkeypatch):
     x = torch.randn(2, 8)
-    assert resolve_engine(x) == "scipy"
+    assert resolve_engine(x) == "matmul"
+    assert resolve_engine(torch.randn(2, 4096)) == "scipy"
+    assert resolve_engine(torch.randn(1, 256)) == "matmul" and resolve_engine(torch.randn(64, 256)) == "scipy"
+    assert resolve_engine(torch.randn(3, 5, 128)) == "matmul", "rows are counted over every leading dim"
+    assert resolve_engine(torch.randn(64, 7, 128)) == "scipy"
     monkeypatch.setenv("SURGEON_DCT_ENGINE", "torch")
     assert resolve_engine(x) == "torch"
+    monkeypatch.setenv("SURGEON_DCT_ENGINE", "matmul")
+    assert resolve_engine(torch.randn(2, 4096)) == "matmul"
     with pytest.raises(ValueError, match="unknown DCT engine"):
         resolve_engine(x, "fftw")
+
+
+def test_matmul_crossover_rule():
+    assert all(matmul_wins(n, rows) for n in (1, 16, 64) for rows in (1, 1024, 10**6))
+    assert matmul_wins(128, 16) and not matmul_wins(128, 64)
+    assert matmul_wins(256, 1) and not matmul_wins(256, 8)
+    assert not matmul_wins(512, 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", [2, 3])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (2, 3, 17), (5, 64), (4, 2, 128), (1, 256), (3, 300)])
+def test_in_place_transform_matches_scipy(shape, kind, engine, monkeypatch):
+    """The cascade's in-place transform, whichever engine the size picks or the environment forces."""
+    monkeypatch.setenv("SURGEON_DCT_ENGINE", engine)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+        fn = scipy.fft.dct if kind == 2 else scipy.fft.idct
+        want = fn(x.double().numpy(), type=2, norm="ortho", axis=-1)
+        got = transform_(x, kind)
+        assert got.data_ptr() == x.data_ptr() and got.dtype == dtype
+        np.testing.assert_allclose(got.double().numpy(), want, atol=TOL[dtype] * 10, rtol=0)
+
+
+def test_matmul_engine_non_contiguous_and_half_inputs():
+    x = torch.randn(6, 40, dtype=torch.float64)[:, ::2]          # stride 2 along the transformed axis
+    np.testing.assert_allclose(dct(x, engine="matmul").numpy(), scipy.fft.dct(x.numpy(), norm="ortho", axis=-1),
+                               atol=1e-12)
+    for dtype in (torch.float16, torch.bfloat16):
+        h = torch.randn(3, 5, 48).to(dtype)
+        got = idct(h, engine="matmul")
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got.float().numpy(), scipy.fft.idct(h.float().numpy(), norm="ortho", axis=-1),
+                                   atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64, 256, 1024, 4096])

@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from surgeon.ops.dct import transform_
+from surgeon.ops.dct import InPlaceDCT
+from surgeon.ops.dense_cascade import dense_cascade_forward, dense_matrices
 from surgeon.ops.threads import serial_on_cached_rows
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
 
@@ -39,7 +40,7 @@ def _permute_columns(y: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | No
     return torch.gather(y, 1, perm.expand(y.shape[0], -1), out=out)
 
 
-def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, transform_: InPlaceDCT) -> torch.Tensor:
     """In place: ``h ← Cᵀ(C h ⊙ d + b)``, i.e. one factor applied to ``h = x ⊙ a``."""
     transform_(h, 2)
     if b is None:
@@ -59,15 +60,21 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
                          perms: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
 
-    Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs).
+    Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs); at
+    small N one GEMM per factor against dense factor matrices instead (:mod:`surgeon.ops.dense_cascade`).
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
+    if x.device.type == "cpu":
+        matrices = dense_matrices(a, d, b, perms, activation, x.shape[0])
+        if matrices is not None:
+            return dense_cascade_forward(x, matrices, activation)
     with torch.no_grad():
         h = torch.mul(x, a[0])
+        transform_ = InPlaceDCT(h)
         scratch = torch.empty_like(h) if perms is not None and depth > 1 else None
         for k in range(depth):
-            _factor_(h, d[k], None if b is None else b[k])
+            _factor_(h, d[k], None if b is None else b[k], transform_)
             if k == depth - 1:
                 break
             activate_(h)
@@ -83,6 +90,7 @@ def _recompute(x, a, d, b, perms, activation):
     """Every factor's input z_k and spectrum h2_k = C(z_k ⊙ a_k), for the backward pass."""
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
+    transform_ = InPlaceDCT(x)
     inputs, spectra = [x], []
     for k in range(depth):
         h2 = transform_(torch.mul(inputs[k], a[k]), 2)
@@ -108,6 +116,7 @@ def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tenso
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
+    transform_ = InPlaceDCT(x)
     with torch.no_grad():
         inside = [torch.empty_like(x) for _ in range(depth - 1)]
         spectra = [torch.empty_like(x) for _ in range(depth)]
@@ -155,6 +164,7 @@ def cascade_gradients(grad: torch.Tensor, inputs: list[torch.Tensor], spectra: l
     rows are allocated and they stay untouched. Returns ``(dx, da, dd, db)``."""
     depth = a.shape[0]
     slope_ = activation_spec(activation).slope_
+    transform_ = InPlaceDCT(grad)
     with torch.no_grad():
         inverse = None if perms is None else torch.argsort(perms, dim=-1)
         grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)

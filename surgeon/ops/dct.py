@@ -4,15 +4,19 @@ The matrix is thesis eq. 3.27, ``C[k, n] = sqrt(2/N) * eps_k * cos(pi * (2n + 1)
 ``eps_0 = 1/sqrt(2)`` and ``eps_k = 1`` otherwise. ``C`` is orthogonal, so the DCT-III is ``C^T = C^{-1}``
 and the gradient of one transform is the other transform applied to the incoming gradient.
 
-Two engines compute the same map:
+Three engines compute the same map:
 
+* ``"matmul"`` — one GEMM against the dense matrix ``C`` (cached per size, dtype and device). For small N the
+  per-call overhead of an FFT library dominates and a GEMM is several times faster; :func:`matmul_wins` holds
+  the crossover measured on the reference machine.
 * ``"scipy"`` — pocketfft through :mod:`scipy.fft`, on CPU tensors. On the reference machines it ran
   several times faster than any torch FFT formulation for batched real transforms.
 * ``"torch"`` — Makhoul's reordering onto one complex FFT (``torch.fft``); runs on every device,
   under ``torch.compile`` and inside ONNX-free graphs.
 
-``"auto"`` picks scipy for CPU tensors outside tracing/compilation, torch otherwise. Reduced precision
-inputs (fp16/bf16) are transformed in fp32 and cast back.
+``"auto"`` picks, for plain CPU tensors outside tracing/compilation, matmul below the crossover and scipy above
+it; torch otherwise. Reduced precision inputs (fp16/bf16) are transformed in fp32 and cast back. The engines
+round differently (a few fp32 ulps), so outputs are reproducible bit for bit only under the same engine.
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ import torch
 from surgeon.ops.threads import pocketfft_workers
 from surgeon.primitives import compute_dtype, dct_matrix
 
-__all__ = ["dct", "dct_matrix", "idct", "resolve_engine", "transform_"]
+__all__ = ["InPlaceDCT", "dct", "dct_engine_allows_matmul", "dct_matrix", "idct", "matmul_wins", "resolve_engine",
+           "transform_", "transform_matrix"]
 
-Engine = Literal["auto", "scipy", "torch"]
+Engine = Literal["auto", "matmul", "scipy", "torch"]
 
-_ENGINES = ("auto", "scipy", "torch")
+_ENGINES = ("auto", "matmul", "scipy", "torch")
+ENV_VAR = "SURGEON_DCT_ENGINE"
+MATMUL_MAX_N = 256            # above this a GEMM (N² per row) never beat pocketfft (N log N per row)
+MATMUL_ALWAYS_N = 64          # at or below this it won at every row count measured (1 to 1024)
+MATMUL_MAX_WORK = 2**18       # rows · N² multiply-adds under which a GEMM still beats pocketfft's ~10 µs call
 
 
 def _scipy_usable(x: torch.Tensor) -> bool:
@@ -44,14 +53,41 @@ def _scipy_usable(x: torch.Tensor) -> bool:
     return type(x) is torch.Tensor or isinstance(x, torch.nn.Parameter)
 
 
-def resolve_engine(x: torch.Tensor, engine: Engine = "auto") -> str:
-    """The engine that will run for ``x``: the argument, else ``SURGEON_DCT_ENGINE``, else automatic."""
+def matmul_wins(n: int, rows: int) -> bool:
+    """Whether one GEMM against the dense DCT matrix beats pocketfft for ``rows`` transforms of size ``n``.
+
+    Measured on the reference machine (2-core AMD EPYC, one torch thread as inside the cascade, pocketfft on two):
+    a pocketfft call costs ~11 µs whatever the size up to N = 256, a GEMM ~1-3 µs plus rows·N² multiply-adds at
+    ~40 G/s. The GEMM was 2-6x faster at N <= 64 for 1 to 1024 rows, won at N = 128 up to ~16 rows and at N = 256
+    for single rows, and lost at N = 512 even for one row.
+    """
+    return n <= MATMUL_ALWAYS_N or (n <= MATMUL_MAX_N and rows * n * n <= MATMUL_MAX_WORK)
+
+
+def _requested(engine: str) -> str:
     if engine == "auto":
-        engine = os.environ.get("SURGEON_DCT_ENGINE", "auto")  # type: ignore[assignment]
+        engine = os.environ.get(ENV_VAR, "auto")
     if engine not in _ENGINES:
         raise ValueError(f"unknown DCT engine {engine!r}; expected one of {', '.join(_ENGINES)}")
+    return engine
+
+
+def dct_engine_allows_matmul() -> bool:
+    """False when ``SURGEON_DCT_ENGINE`` forces scipy or torch: then no GEMM stands in for a transform anywhere
+    (the dense small-N cascade included)."""
+    return _requested("auto") in ("auto", "matmul")
+
+
+def resolve_engine(x: torch.Tensor, engine: Engine = "auto") -> str:
+    """The engine that will run for ``x``: the argument, else ``SURGEON_DCT_ENGINE``, else automatic."""
+    engine = _requested(engine)  # type: ignore[assignment]
     if engine == "auto":
-        return "scipy" if _scipy_usable(x) else "torch"
+        if not _scipy_usable(x):
+            return "torch"
+        n = x.shape[-1]
+        return "matmul" if matmul_wins(n, x.numel() // max(n, 1)) else "scipy"
+    if engine == "matmul" and x.is_complex():
+        raise ValueError("the matmul DCT engine needs a real tensor")
     if engine == "scipy" and not _scipy_usable(x):
         raise ValueError("the scipy DCT engine needs a plain CPU tensor outside tracing/compilation")
     return engine
@@ -69,27 +105,78 @@ def _scipy_transform(x: torch.Tensor, kind: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.dtype)
 
 
-def transform_(buffer: torch.Tensor, kind: int) -> torch.Tensor:
-    """DCT-II (``kind=2``) or DCT-III (``kind=3``) of ``buffer`` along the last dim, written into ``buffer``.
+_MATRICES: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
 
-    For kernels that own their scratch memory: on CPU, pocketfft transforms in place, so a deep cascade reuses
-    a couple of buffers instead of allocating (and page-faulting) a fresh one per transform. No autograd.
 
-    Small N stays on pocketfft too: one GEMM against the dense matrix measured 2-3x faster per call at N <= 128
-    on the reference machine, but it rounds differently, and converted checkpoints must keep reproducing their
-    recorded outputs bit for bit (tests/test_io_legacy.py).
+def transform_matrix(n: int, kind: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The right factor of the transform as a row-vector product: ``Cᵀ`` for DCT-II (``y = x Cᵀ``), ``C`` for
+    DCT-III; (N, N), contiguous, built once per (N, kind, dtype, device) from eq. 3.27 in float64."""
+    key = (n, kind, dtype, torch.device(device))
+    matrix = _MATRICES.get(key)
+    if matrix is None:
+        # A normal tensor even when first asked for under inference_mode: autograd may save it later.
+        with torch.inference_mode(False), torch.no_grad():
+            c = dct_matrix(n, torch.float64)
+            matrix = (c.T if kind == 2 else c).contiguous().to(device=device, dtype=dtype)
+        _MATRICES[key] = matrix
+    return matrix
+
+
+def _matmul_transform(x: torch.Tensor, kind: int) -> torch.Tensor:
+    """``x Cᵀ`` or ``x C`` in the compute dtype, cast back; differentiable (a GEMM against a constant)."""
+    work = x.to(compute_dtype(x.dtype))
+    return torch.matmul(work, transform_matrix(x.shape[-1], kind, work.dtype, x.device)).to(x.dtype)
+
+
+class InPlaceDCT:
+    """DCT-II / DCT-III in place on buffers shaped like ``rows``, the engine resolved once (a cascade makes 2K
+    to 6K transforms of one shape; resolving per call cost more than a small GEMM). No autograd.
+
+    On CPU, pocketfft transforms in place, so a deep cascade reuses a couple of buffers instead of allocating
+    (and page-faulting) a fresh one per transform; below the crossover (:func:`matmul_wins`) one GEMM into a
+    scratch row block and a copy back. Buffers numpy cannot see (other devices, tracing) take the torch engine.
     """
-    if buffer.shape[-1] == 0:
-        return buffer
-    if _scipy_usable(buffer) and buffer.is_contiguous() and buffer.dtype in (torch.float32, torch.float64):
-        fn = scipy.fft.dct if kind == 2 else scipy.fft.idct
-        array = buffer.detach().numpy()
-        out = fn(array, type=2, norm="ortho", axis=-1, workers=_workers(), overwrite_x=True)
-        if not np.shares_memory(out, array):
-            buffer.copy_(torch.from_numpy(out))
-        return buffer
-    with torch.no_grad():
-        return buffer.copy_(_torch_dct2(buffer) if kind == 2 else _torch_dct3(buffer))
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.engine = resolve_engine(rows) if _scipy_usable(rows) else "torch"
+        if self.engine == "matmul":
+            c = compute_dtype(rows.dtype)
+            self.matrices = {kind: transform_matrix(rows.shape[-1], kind, c, rows.device) for kind in (2, 3)}
+            self._scratch: torch.Tensor | None = None
+
+    def __call__(self, buffer: torch.Tensor, kind: int) -> torch.Tensor:
+        """``buffer`` (..., N) ← its DCT-II (``kind=2``) or DCT-III (``kind=3``) along the last dim."""
+        if buffer.shape[-1] == 0:
+            return buffer
+        if self.engine == "matmul":
+            return self._matmul_(buffer, kind)
+        if self.engine == "scipy" and buffer.is_contiguous() and buffer.dtype in (torch.float32, torch.float64):
+            fn = scipy.fft.dct if kind == 2 else scipy.fft.idct
+            array = buffer.detach().numpy()
+            out = fn(array, type=2, norm="ortho", axis=-1, workers=_workers(), overwrite_x=True)
+            if not np.shares_memory(out, array):
+                buffer.copy_(torch.from_numpy(out))
+            return buffer
+        with torch.no_grad():
+            return buffer.copy_(_torch_dct2(buffer) if kind == 2 else _torch_dct3(buffer))
+
+    def _matmul_(self, buffer: torch.Tensor, kind: int) -> torch.Tensor:
+        matrix = self.matrices[kind]
+        if buffer.dtype != matrix.dtype or buffer.dim() != 2:
+            with torch.no_grad():
+                return buffer.copy_(_matmul_transform(buffer, kind))
+        scratch = self._scratch
+        if scratch is None or scratch.shape != buffer.shape:
+            scratch = self._scratch = torch.empty_like(buffer)
+        with torch.no_grad():
+            torch.mm(buffer, matrix, out=scratch)
+            return buffer.copy_(scratch)
+
+
+def transform_(buffer: torch.Tensor, kind: int) -> torch.Tensor:
+    """DCT-II (``kind=2``) or DCT-III (``kind=3``) of ``buffer`` along the last dim, written into ``buffer``
+    (one-off :class:`InPlaceDCT`). No autograd."""
+    return InPlaceDCT(buffer)(buffer, kind)
 
 
 def _phase(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -147,7 +234,10 @@ class _OrthoDCT(torch.autograd.Function):
 def _ortho_transform(x: torch.Tensor, kind: int, engine: Engine) -> torch.Tensor:
     if x.shape[-1] == 0:
         return x.clone()
-    if resolve_engine(x, engine) == "torch":
+    resolved = resolve_engine(x, engine)
+    if resolved == "matmul":
+        return _matmul_transform(x, kind)
+    if resolved == "torch":
         return _torch_dct2(x) if kind == 2 else _torch_dct3(x)
     return _OrthoDCT.apply(x, kind)
 

@@ -73,6 +73,12 @@ def bench_command(
                                                                   "torch and onnxruntime (CPU, 2 threads).")] = False,
     batches: Annotated[str | None, typer.Option("--batches", help="With --inference: comma-separated batch sizes "
                                                                    "(default 1,8,64,256).")] = None,
+    runtimes: Annotated[str | None, typer.Option("--runtimes", help="With --inference: comma-separated runtimes "
+                                                                     "(torch, onnxruntime; default both).")] = None,
+    dct_engine: Annotated[str | None, typer.Option("--dct-engine", help="With --inference: also time the ACDC "
+                                                                         "layers in torch with this DCT engine "
+                                                                         "forced (scipy, torch, matmul), "
+                                                                         "interleaved.")] = None,
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Instead: ms per training update of NoisyLSTM "
                                                                  "(batch 64, 26 steps) against nn.LSTM; --sizes "
                                                                  "are hidden sizes.")] = False,
@@ -89,6 +95,8 @@ def bench_command(
     Example: surgeon bench --resources --gpu-arch 90
 
     Example: surgeon bench --inference --sizes 4096 --batches 1,64
+
+    Example: surgeon bench --inference --sizes 32,128,256 --runtimes torch --dct-engine scipy
 
     Example: surgeon bench --recurrent --sizes 64,128
     """
@@ -107,11 +115,15 @@ def bench_command(
                     status.update(f"benchmarking {what}")
 
             if inference:
-                from surgeon.bench.inference import BATCHES, SIZES, THREADS, bench_inference
+                from surgeon.bench.inference import BATCHES, RUNTIMES, SIZES, THREADS, bench_inference
 
                 results = bench_inference(size_list or SIZES, _batches(batches) if batches else BATCHES,
-                                          repeats=repeats, on_case=note)
-                title = (f"Inference, fp32, CPU, {THREADS} threads in torch and onnxruntime; speed-up over "
+                                          repeats=repeats, on_case=note,
+                                          runtimes=_choices("--runtimes", runtimes, RUNTIMES) if runtimes else RUNTIMES,
+                                          compare_engine=_choices("--dct-engine", dct_engine, DCT_ENGINES)[0]
+                                          if dct_engine else None)
+                names = " and ".join(_choices("--runtimes", runtimes, RUNTIMES) if runtimes else RUNTIMES)
+                title = (f"Inference, fp32, CPU, {THREADS} threads in {names}; speed-up over "
                          "nn.Linear(N, N) in the same runtime")
             elif recurrent:
                 from surgeon.bench.recurrent import bench_recurrent
@@ -153,6 +165,18 @@ def bench_command(
         out.data(rows)
 
     run_guarded(out, action)
+
+
+DCT_ENGINES = ("scipy", "torch", "matmul")
+
+
+def _choices(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    values = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not values or any(v not in allowed for v in values):
+        raise UsageError(f"{option} must be among {', '.join(allowed)}, got {text!r}")
+    if option == "--dct-engine" and len(values) != 1:
+        raise UsageError(f"--dct-engine takes one engine, got {text!r}")
+    return values
 
 
 def _batches(text: str) -> tuple[int, ...]:

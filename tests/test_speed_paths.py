@@ -67,3 +67,32 @@ def test_bench_inference_rows_cover_every_layer_and_runtime():
     for row in rows:
         assert row["n"] == 256 and row["ms"] > 0 and row["speedup"] == pytest.approx(row["dense_ms"] / row["ms"])
         assert (row["vs_torch"] is not None) == (row["runtime"] == "onnxruntime")
+
+
+def test_bench_inference_compares_a_forced_dct_engine_in_torch_only():
+    import json
+
+    from typer.testing import CliRunner
+
+    from surgeon.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "--inference", "--sizes", "32", "--batches", "2", "--repeats", "1",
+                                      "--runtimes", "torch", "--dct-engine", "scipy", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["runtime"] for r in rows} == {"torch"}
+    assert {"ACDC-12 [scipy DCT]", "ACDC-4 [scipy DCT]", "ACDC-12"} <= {r["layer"] for r in rows}
+    assert not any("Fastfood [" in r["layer"] for r in rows), "only the ACDC layers transform with DCTs"
+
+
+@pytest.mark.parametrize("args,needle", [(("--runtimes", "tensorrt"), "--runtimes"),
+                                         (("--dct-engine", "fftw"), "--dct-engine"),
+                                         (("--dct-engine", "scipy,torch"), "--dct-engine")])
+def test_bench_inference_bad_choices_are_one_line(args, needle):
+    from typer.testing import CliRunner
+
+    from surgeon.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "--inference", "--sizes", "32", *args])
+    assert result.exit_code == 2
+    assert needle in result.output and "Traceback" not in result.output

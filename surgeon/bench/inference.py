@@ -5,6 +5,8 @@ package has it, ``LowRankLinear`` at ACDC-12's parameter count, each run in torc
 onnxruntime (the file :func:`surgeon.export_onnx` writes, 2 intra-op threads like torch). The calls of one
 (N, batch) cell are interleaved round by round, so machine noise hits every layer alike; a row's ``speedup`` is
 the dense layer's median over the layer's median **in the same runtime**, measured in this one run.
+``compare_engine`` adds, for each ACDC layer in torch, the same layer with that DCT engine forced (e.g. ``scipy``:
+pocketfft at every size, the path before small-N GEMMs), in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 import surgeon
 from surgeon.io.onnx_export import _ort_session, export_onnx
 from surgeon.layers import ACDCLinear, FastfoodLinear
+from surgeon.ops.dct import forced_engine
 
 SIZES = (1024, 4096, 8192)
 BATCHES = (1, 8, 64, 256)
@@ -104,13 +107,21 @@ def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, o
     return sessions
 
 
+def _under_engine(engine: str, layer: nn.Module, x: torch.Tensor) -> object:
+    with forced_engine(engine):  # type: ignore[arg-type]
+        return layer(x)
+
+
 def _cell_calls(layers: dict[str, nn.Module], sessions: dict[str, object], x: torch.Tensor,
-                runtimes: Sequence[str]) -> dict[tuple[str, str], Callable[[], object]]:
+                runtimes: Sequence[str], compare_engine: str | None) -> dict[tuple[str, str], Callable[[], object]]:
     feed = {"input_0": x.numpy()}
     calls: dict[tuple[str, str], Callable[[], object]] = {}
     for name, layer in layers.items():
         if "torch" in runtimes:
             calls[name, "torch"] = lambda layer=layer: layer(x)
+            if compare_engine and isinstance(layer, ACDCLinear):
+                calls[f"{name} [{compare_engine} DCT]", "torch"] = lambda layer=layer: _under_engine(
+                    compare_engine, layer, x)
         if "onnxruntime" in runtimes:
             calls[name, "onnxruntime"] = lambda s=sessions[name]: s.run(None, feed)
     return calls
@@ -132,9 +143,10 @@ def _rows(n: int, batch: int, medians: dict[tuple[str, str], float]) -> list[Inf
 
 
 def bench_inference(sizes: Sequence[int] = SIZES, batches: Sequence[int] = BATCHES, repeats: int = 7,
-                    runtimes: Sequence[str] = RUNTIMES,
-                    on_case: Callable[[str], None] | None = None) -> list[InferenceRow]:
-    """Forward latency rows for every N in ``sizes`` and batch in ``batches`` (fp32, CPU, 2 threads)."""
+                    runtimes: Sequence[str] = RUNTIMES, on_case: Callable[[str], None] | None = None,
+                    compare_engine: str | None = None) -> list[InferenceRow]:
+    """Forward latency rows for every N in ``sizes`` and batch in ``batches`` (fp32, CPU, 2 threads); with
+    ``compare_engine``, extra torch rows for the ACDC layers under that forced DCT engine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     rows: list[InferenceRow] = []
@@ -152,7 +164,8 @@ def bench_inference(sizes: Sequence[int] = SIZES, batches: Sequence[int] = BATCH
                     # fewer rounds where one call takes long (N=8192, batch 256) keeps the run to minutes
                     rounds = max(3, repeats if batch * n <= 64 * 4096 else repeats // 2)
                     with torch.inference_mode():
-                        medians = interleaved_medians(_cell_calls(layers, sessions, x, runtimes), rounds)
+                        calls = _cell_calls(layers, sessions, x, runtimes, compare_engine)
+                        medians = interleaved_medians(calls, rounds)
                     rows += _rows(n, batch, medians)
                 del layers, sessions
     finally:

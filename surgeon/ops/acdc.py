@@ -57,16 +57,17 @@ def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
 
 @serial_on_cached_rows
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
-                         perms: torch.Tensor | None, activation: str) -> torch.Tensor:
+                         perms: torch.Tensor | None, activation: str, reused: bool = False) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
 
     Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs); at
     small N one GEMM per factor against dense factor matrices instead (:mod:`surgeon.ops.dense_cascade`).
+    ``reused``: the caller expects the parameters to serve many calls (inference), which repays the matrices.
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
     if x.device.type == "cpu":
-        matrices = dense_matrices(a, d, b, perms, activation, x.shape[0])
+        matrices = dense_matrices(a, d, b, perms, activation, x.shape[0], reused)
         if matrices is not None:
             return dense_cascade_forward(x, matrices, activation)
     with torch.no_grad():

@@ -21,8 +21,10 @@ round differently (a few fp32 ulps), so outputs are reproducible bit for bit onl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -32,8 +34,8 @@ import torch
 from surgeon.ops.threads import pocketfft_workers
 from surgeon.primitives import compute_dtype, dct_matrix
 
-__all__ = ["InPlaceDCT", "dct", "dct_engine_allows_matmul", "dct_matrix", "idct", "matmul_wins", "resolve_engine",
-           "transform_", "transform_matrix"]
+__all__ = ["InPlaceDCT", "dct", "dct_engine_allows_matmul", "dct_matrix", "forced_engine", "idct", "matmul_wins",
+           "resolve_engine", "transform_", "transform_matrix"]
 
 Engine = Literal["auto", "matmul", "scipy", "torch"]
 
@@ -70,6 +72,22 @@ def _requested(engine: str) -> str:
     if engine not in _ENGINES:
         raise ValueError(f"unknown DCT engine {engine!r}; expected one of {', '.join(_ENGINES)}")
     return engine
+
+
+@contextlib.contextmanager
+def forced_engine(engine: Engine) -> Iterator[None]:
+    """Within the block, every transform (and the dense small-N cascade) follows ``engine`` as if
+    ``SURGEON_DCT_ENGINE`` were set to it; benchmarks use it to time two engines in one run."""
+    _requested(engine)
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = engine
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
 
 
 def dct_engine_allows_matmul() -> bool:

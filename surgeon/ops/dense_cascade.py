@@ -7,8 +7,8 @@ One factor maps a row ``z`` to ``Cᵀ-side`` form ``y = ((z ⊙ a) Cᵀ ⊙ d + 
 and the permutation before the next factor folds into that factor's rows: ``z[:, perm] W = z W'`` with
 ``W'[perm] = W``. A cascade is then ``act`` between ``addmm`` calls; a linear one (no activation) collapses to a
 single ``(W, c)``. Building the matrices costs K·N³ multiply-adds, so the path is taken when that is repaid
-within the call (:func:`dense_cascade_pays`) or when the matrices of unchanged parameters are cached from a
-previous call (inference: every call after the first is K GEMMs, or one for a linear cascade).
+within the call, or for every N ≤ 256 in inference (no autograd), where the matrices of unchanged parameters are
+cached: every call after the first is K GEMMs, or one for a linear cascade (:func:`dense_cascade_pays`).
 
 The cache holds, per diagonal tensor ``a`` (weakly: it dies with the tensor), copies of the parameters it was
 built from and is used only when ``torch.equal`` says they are unchanged, so in-place edits of any kind
@@ -33,13 +33,16 @@ BUILD_ALLOWANCE = 2**19   # multiply-adds a call may spend on the matrices beyon
 _CACHE: dict[int, tuple] = {}
 
 
-def dense_cascade_pays(n: int, rows: int) -> bool:
-    """Whether building the K factor matrices (K·N³) within one call beats the transform path for ``rows``.
+def dense_cascade_pays(n: int, rows: int, reused: bool = False) -> bool:
+    """Whether the dense factor matrices beat the transform path for a call on ``rows`` rows of size ``n``.
 
-    One GEMM per factor (rows·N²) replaces two (2·rows·N²) and five elementwise passes, so the build is repaid
-    once rows reach about N; below MATMUL_ALWAYS_N the saved passes alone repay it.
+    One GEMM per factor (rows·N²) replaces two (2·rows·N²) and five elementwise passes, so building them
+    (K·N³) within the call is repaid once rows reach about N; below MATMUL_ALWAYS_N the saved passes alone repay
+    it. ``reused`` (inference: the same parameters serve many calls) repays it at every N ≤ MATMUL_MAX_N.
     """
-    return n <= MATMUL_ALWAYS_N or (n <= MATMUL_MAX_N and n * n * n <= rows * n * n + BUILD_ALLOWANCE)
+    if n > MATMUL_MAX_N:
+        return False
+    return reused or n <= MATMUL_ALWAYS_N or n * n * n <= rows * n * n + BUILD_ALLOWANCE
 
 
 def _signature(*tensors: torch.Tensor | None) -> tuple:
@@ -89,14 +92,15 @@ def _remember(a, d, b, perms, key, w: list[torch.Tensor], bias: list[torch.Tenso
 
 
 def dense_matrices(a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
-                   activation: str, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
+                   activation: str, rows: int,
+                   reused: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
     """The factor matrices for a call on ``rows`` rows when :func:`dense_cascade_pays`, else None (take the
     transform path): cached ones when the parameters are unchanged, else freshly built and cached.
 
-    The path depends on (N, rows) only, never on what was called before, so repeated calls round alike.
+    The path depends on (N, rows, reused) only, never on what was called before, so repeated calls round alike.
     """
     n = a.shape[1]
-    if not dense_cascade_pays(n, rows) or not dct_engine_allows_matmul():
+    if not dense_cascade_pays(n, rows, reused) or not dct_engine_allows_matmul():
         return None
     linear = activation == "none"
     key = (_signature(a, d, b, perms), linear)

@@ -268,7 +268,19 @@ def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Ten
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, d, b))
     if not recompute and wants_grad and resolve_backend(x, backend) == "torch":
         return _acdc_saving_op(x, a, d, b, perms, activation)[0]
+    if not wants_grad and x.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and resolve_backend(x, backend) == "torch":
+        return _acdc_inference(x, a, d, b, perms, activation)
     return _acdc_cascade_op(x, a, d, b, perms, activation, backend)
+
+
+def _acdc_inference(x, a, d, b, perms, activation):
+    """Eager CPU forward without autograd: the torch path, told that the parameters will be reused, so that at
+    small N it builds (once) and keeps the dense factor matrices (surgeon.ops.dense_cascade)."""
+    c = compute_dtype(x.dtype)
+    out = _acdc_fwd_ref(x.reshape(-1, x.shape[-1]).to(c), a.to(c), d.to(c), None if b is None else b.to(c), perms,
+                        activation, reused=True)
+    return _owned(out.to(x.dtype), x.shape)
 
 
 def acdc_factor(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None = None,

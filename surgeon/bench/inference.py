@@ -111,7 +111,7 @@ def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, o
 
 
 @serial_on_cached_rows
-def _transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:
+def transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` in-place DCTs of ``buffer`` (alternately II and III) with the cascade's engine and thread rule:
     the part of an ACDC forward no fusion of its elementwise passes can remove."""
     transform_ = InPlaceDCT(buffer)
@@ -136,7 +136,7 @@ def _cell_calls(layers: dict[str, nn.Module], sessions: dict[str, object], x: to
                 calls[f"{name} [{compare_engine} DCT]", "torch"] = lambda layer=layer: _under_engine(
                     compare_engine, layer, x)
             if name == "ACDC-12":
-                calls["24 DCTs of ACDC-12", "torch"] = lambda scratch=x.clone(): _transforms_only(scratch, 24)
+                calls["24 DCTs of ACDC-12", "torch"] = lambda scratch=x.clone(): transforms_only(scratch, 24)
         if "onnxruntime" in runtimes:
             calls[name, "onnxruntime"] = lambda s=sessions[name]: s.run(None, feed)
     return calls

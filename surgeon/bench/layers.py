@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from surgeon.bench.harness import Timing, forward_backward, forward_only, measure
+from surgeon.bench.inference import transforms_only
 from surgeon.layers import ACDCLinear, FastfoodLinear
 from surgeon.ops.dct import dct
 
@@ -60,7 +61,8 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
     """Forward+backward, fp32, on CPU with the machine's threads (the structured-layers issue's table).
 
     For each N in ``sizes``: one ACDC factor and a ``depth``-factor ACDCLinear (default memory rule and
-    ``recompute=False``) against ``nn.Linear(N, N)``,
+    ``recompute=False``) against ``nn.Linear(N, N)``, the 6K-1 and 4K transforms those two make per step timed
+    alone (their floors),
     Adaptive Fastfood against the same, and one ACDC factor's forward against two of the fastest DCTs
     available (scipy's pocketfft and a torch.fft formulation; the faster one is the yardstick).
     """
@@ -88,6 +90,14 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
                          repeats=max(3, repeats // 2))
         rows.append(_row(f"N={n} fwd+bwd", f"ACDCLinear depth {depth}, recompute=False", saving,
                          f"nn.Linear({n}, {n})", dense, 3 if n == 8192 and depth == 12 else None))
+        announce("the transforms alone")
+        # Floors: a depth-K forward+backward makes 6K-1 transforms with recomputation, 4K without; no fusion of
+        # the elementwise passes can beat the time of those transforms alone on the same rows.
+        for count, rule in ((6 * depth - 1, "default rule"), (4 * depth, "recompute=False")):
+            floor = measure(lambda count=count, buffer=x.detach().clone(): transforms_only(buffer, count),
+                            repeats=max(3, repeats // 2))
+            rows.append(_row(f"N={n} fwd+bwd", f"{count} DCTs alone (depth {depth}, {rule})", floor,
+                             f"nn.Linear({n}, {n})", dense))
         announce("Adaptive Fastfood")
         fastfood = measure(forward_backward(FastfoodLinear(n, n), x), repeats=repeats)
         rows.append(_row(f"N={n} fwd+bwd", "Adaptive Fastfood", fastfood, f"nn.Linear({n}, {n})", dense))

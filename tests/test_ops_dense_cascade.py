@@ -124,3 +124,15 @@ def test_gradients_of_a_small_layer(recompute):
                                                                     a, d, b, layer.perms, "tanh",
                                                                     recompute=recompute),
                                     (x, layer.a, layer.d, layer.b))
+
+
+def test_a_trace_under_no_grad_keeps_the_op_and_follows_the_parameters():
+    """Python-side choices (the dense path, its cache) are never baked into a traced graph."""
+    layer = ACDCLinear(32, 32, depth=3, seed=4).eval()
+    x = torch.randn(4, 32)
+    with torch.no_grad(), pytest.warns(Warning):
+        traced = torch.jit.trace(layer, x)
+    assert any(node.kind() == "surgeon::acdc_cascade" for node in traced.graph.nodes())
+    with torch.no_grad():
+        layer.a.add_(0.5)
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-6)

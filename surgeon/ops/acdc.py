@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from surgeon.ops.dct import InPlaceDCT
+from surgeon.ops.dct import InPlaceDCT, eager_cpu
 from surgeon.ops.dense_cascade import dense_cascade_forward, dense_matrices
 from surgeon.ops.threads import serial_on_cached_rows
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
@@ -66,7 +66,7 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
-    if x.device.type == "cpu":
+    if eager_cpu(x):
         matrices = dense_matrices(a, d, b, perms, activation, x.shape[0], reused)
         if matrices is not None:
             return dense_cascade_forward(x, matrices, activation)

@@ -34,8 +34,8 @@ import torch
 from surgeon.ops.threads import pocketfft_workers
 from surgeon.primitives import compute_dtype, dct_matrix
 
-__all__ = ["InPlaceDCT", "dct", "dct_engine_allows_matmul", "dct_matrix", "forced_engine", "idct", "matmul_wins",
-           "resolve_engine", "transform_", "transform_matrix"]
+__all__ = ["InPlaceDCT", "dct", "dct_engine_allows_matmul", "dct_matrix", "eager_cpu", "forced_engine", "idct",
+           "matmul_wins", "resolve_engine", "transform_", "transform_matrix"]
 
 Engine = Literal["auto", "matmul", "scipy", "torch"]
 
@@ -44,6 +44,12 @@ ENV_VAR = "SURGEON_DCT_ENGINE"
 MATMUL_MAX_N = 256            # above this a GEMM (N² per row) never beat pocketfft (N log N per row)
 MATMUL_ALWAYS_N = 64          # at or below this it won at every row count measured (1 to 1024)
 MATMUL_MAX_WORK = 2**18       # rows · N² multiply-adds under which a GEMM still beats pocketfft's ~10 µs call
+
+
+def eager_cpu(x: torch.Tensor) -> bool:
+    """A plain CPU tensor outside compilation, tracing and ONNX export: numpy may see it, and Python-side
+    choices (engines, caches) made on it are not baked into a graph."""
+    return _scipy_usable(x)
 
 
 def _scipy_usable(x: torch.Tensor) -> bool:

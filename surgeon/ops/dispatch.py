@@ -29,6 +29,7 @@ from surgeon.errors import KernelFallbackWarning
 from surgeon.ops.acdc import acdc_cascade_backward as _acdc_bwd_ref
 from surgeon.ops.acdc import acdc_cascade_backward_saved, acdc_cascade_forward_saving
 from surgeon.ops.acdc import acdc_cascade_forward as _acdc_fwd_ref
+from surgeon.ops.dct import eager_cpu
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import fwht
 from surgeon.ops.threads import serial_on_cached_rows
@@ -268,8 +269,7 @@ def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Ten
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, d, b))
     if not recompute and wants_grad and resolve_backend(x, backend) == "torch":
         return _acdc_saving_op(x, a, d, b, perms, activation)[0]
-    if not wants_grad and x.device.type == "cpu" and not torch.compiler.is_compiling() \
-            and resolve_backend(x, backend) == "torch":
+    if not wants_grad and eager_cpu(x) and resolve_backend(x, backend) == "torch":
         return _acdc_inference(x, a, d, b, perms, activation)
     return _acdc_cascade_op(x, a, d, b, perms, activation, backend)
 

@@ -155,9 +155,10 @@ def bench_command(
                 title = f"CUDA kernels, batch {batch or 4096}, depth {depth or 1} ({gpu_description()})"
         rows = [r.to_dict() for r in results]
         if markdown and inference:
-            from surgeon.bench.inference import speedup_table
+            from surgeon.bench.inference import engine_table, speedup_table
 
-            out.info(f"{title}\n\n{speedup_table(results)}")
+            engines = f"\n\nForced DCT engine against the default, ms:\n\n{engine_table(results)}" if dct_engine else ""
+            out.info(f"{title}\n\n{speedup_table(results)}{engines}")
         elif markdown:
             out.info(f"{title}\n\n{rows_markdown(rows)}")
         else:

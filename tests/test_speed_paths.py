@@ -93,6 +93,13 @@ def test_bench_inference_compares_a_forced_dct_engine_in_torch_only():
     assert {r["runtime"] for r in rows} == {"torch"}
     assert {"ACDC-12 [scipy DCT]", "ACDC-4 [scipy DCT]", "ACDC-12"} <= {r["layer"] for r in rows}
     assert not any("Fastfood [" in r["layer"] for r in rows), "only the ACDC layers transform with DCTs"
+    from surgeon.bench.inference import InferenceRow, engine_table
+
+    table = engine_table([InferenceRow(**r) for r in rows]).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 32 | ACDC-12 [scipy DCT] → default | ")
+    forced = next(r for r in rows if r["layer"] == "ACDC-12 [scipy DCT]")
+    default = next(r for r in rows if r["layer"] == "ACDC-12")
+    assert f"(×{forced['ms'] / default['ms']:.1f})" in table[2]
 
 
 @pytest.mark.parametrize("args,needle", [(("--runtimes", "tensorrt"), "--runtimes"),

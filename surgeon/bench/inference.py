@@ -207,3 +207,21 @@ def speedup_table(rows: Sequence[InferenceRow]) -> str:
                      for rt, b in columns]
             lines.append(f"| {n} | dense ms | " + " | ".join("" if v is None else f"{v:.3g}" for v in dense) + " |")
     return "\n".join(lines)
+
+
+def engine_table(rows: Sequence[InferenceRow]) -> str:
+    """For the rows timed under a forced DCT engine ("LAYER [ENGINE DCT]"): a Markdown table of that engine's ms
+    against the default's for the same layer and cell, ``forced → default ms (×forced/default)``."""
+    batches = sorted({r.batch for r in rows})
+    cells = {(r.n, r.layer, r.batch): r for r in rows if r.runtime == "torch"}
+    forced = list(dict.fromkeys((r.n, r.layer) for r in rows if r.runtime == "torch" and r.layer.endswith(" DCT]")))
+    lines = ["| N | layer | " + " | ".join(f"b{b}" for b in batches) + " |", "|" + "---|" * (2 + len(batches))]
+    for n, layer in forced:
+        default = layer.rsplit(" [", 1)[0]
+        values = []
+        for b in batches:
+            before, after = cells.get((n, layer, b)), cells.get((n, default, b))
+            values.append("" if before is None or after is None else
+                          f"{before.ms:.2g} → {after.ms:.2g} ms (×{before.ms / after.ms:.1f})")
+        lines.append(f"| {n} | {layer} → default | " + " | ".join(values) + " |")
+    return "\n".join(lines)

@@ -153,11 +153,11 @@ class Problem:
 
 def _solve(system: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, damping: float,
            energy: float) -> tuple[torch.Tensor, float]:
-    """The damped block solution (float64) and the (undamped) objective ``vᵀ G v − 2 rhsᵀ v + energy`` it
-    reaches."""
-    value = solve_damped(system, rhs, current, damping)
-    system, rhs = system.double(), rhs.double()
-    return value, float(value @ (system @ value) - 2 * (rhs @ value)) + energy
+    """The damped block solution v (float64) and the (undamped) objective ``vᵀ G v − 2 rhsᵀ v + energy`` it
+    reaches, from ``(G + λI) v = rhs + λ current`` without another product with G."""
+    value, lam = solve_damped(system, rhs, current, damping)
+    rhs = rhs.double()
+    return value, float(value @ (rhs + lam * (current.double() - value)) - 2 * (rhs @ value)) + energy
 
 
 def _diag(values: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -263,15 +263,22 @@ def affine_map(state: CascadeState, t: RowDCT) -> torch.Tensor:
     return torch.cat([apply_rows(state, t, unit) - offset, offset])
 
 
+def default_sweeps(size: int) -> int:
+    """The sweep cap of a default fit: 16 at N = 256, in inverse proportion to N (a sweep costs between
+    N² log N and N³), between 4 and 40."""
+    return max(4, min(40, round(4096 / size)))
+
+
 @torch.no_grad()
-def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int = 40, damping: float = 1e-4,
+def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = None, damping: float = 1e-3,
                 tolerance: float = 2e-3, patience: int = 2, stop_at: float | None = None,
                 dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """Fit a linear ACDCLinear in place by alternating sweeps; keeps the parameters with the lowest held-out
     error seen, the starting ones included. Returns (held-out, train) relative errors of the kept parameters.
 
-    Stops after ``sweeps`` sweeps, or once ``patience`` sweeps in a row have not lowered the held-out error by a
-    ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once it is at most ``stop_at``.
+    Stops after ``sweeps`` sweeps (default: :func:`default_sweeps`), or once ``patience`` sweeps in a row have not
+    lowered the held-out error by a ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once
+    it is at most ``stop_at``.
     ``dtype``: the precision of the N×N blocks a sweep carries (float32 halves the transform time; the solves are
     refined and every error is measured in float64)."""
     t = RowDCT(layer.size)
@@ -280,7 +287,7 @@ def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int = 40, dampi
     best, best_state, best_train = cascade_error(state, t, held), copy_state(state), math.nan
     downstream, _ = backward_sweep(state, t, problem, None, damping)
     upstream, stale = None, 0
-    for _ in range(sweeps):
+    for _ in range(default_sweeps(state.size) if sweeps is None else sweeps):
         if upstream is None:
             upstream, objective = forward_sweep(state, t, problem, downstream, damping)
         else:

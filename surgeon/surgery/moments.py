@@ -70,14 +70,15 @@ class Moments:
         return math.sqrt(float((outputs.double() - self.targets).pow(2).sum()) / self.target_energy)
 
 
-def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, damping: float) -> torch.Tensor:
+def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, damping: float,
+                 refine: bool = True) -> tuple[torch.Tensor, float]:
     """argmin_v vᵀGv − 2 rhsᵀv + λ‖v − current‖², λ = damping · mean(diag G): a proximal least-squares step.
 
     The proximal term keeps directions the data does not see (e.g. padded coordinates) where they were, and makes
     the solve well posed whatever the rank of ``G``. A float32 ``gram`` is factorised in float32 (a third of the
     float64 time) and the solution refined once against the float64 residual (mixed-precision iterative
-    refinement), so it is accurate to about ``cond · 2⁻²⁴`` squared. Returns float64 (``current``'s dtype when it
-    is float64 already).
+    refinement, ``refine``), so it is accurate to about ``cond · 2⁻²⁴`` squared. Returns the float64 solution
+    and λ.
     """
     scale = float(gram.diagonal().mean().clamp_min(1e-30))
     lam = damping * scale
@@ -87,10 +88,10 @@ def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, d
     factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
         if system.dtype == torch.float64:
-            return current.double()
+            return current.double(), lam
         return solve_damped(gram.double(), rhs, current, damping)
     value = torch.cholesky_solve(rhs64.to(system.dtype).unsqueeze(1), factor).squeeze(1).double()
-    if system.dtype != torch.float64:
+    if refine and system.dtype != torch.float64:
         residual = rhs64 - system.double() @ value
         value = value + torch.cholesky_solve(residual.to(system.dtype).unsqueeze(1), factor).squeeze(1).double()
-    return value
+    return value, lam

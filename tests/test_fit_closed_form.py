@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -211,3 +212,37 @@ def test_low_rank_layer_takes_the_default_dtype_like_nn_linear():
     layer = LowRankLinear(12, 10, rank=3)
     assert {p.dtype for p in layer.parameters()} == {torch.get_default_dtype()}
     assert layer(torch.randn(2, 12)).dtype == torch.get_default_dtype()
+
+
+def test_fit_keeps_the_start_when_every_sweep_overfits() -> None:
+    """A good starting cascade refitted on a few noisy rows: the sweeps overfit the noise, the clean held-out rows
+    say so, and the fit hands back the start untouched."""
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.randn(16, 16, generator=gen) / 4
+    layer = ACDCLinear(16, 16, depth=6, activation=None, seed=0)
+    clean = torch.randn(2000, 16, generator=gen)
+    fit_layer(layer, DenseMap(weight, None), clean)
+    start = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(20, 16, generator=gen)
+    targets = x @ weight.T + 3 * torch.randn(20, 16, generator=gen)
+    targets[4::5] = x[4::5] @ weight.T                      # the held-out rows are clean
+    with torch.no_grad():
+        before = float((layer(x[4::5]) - targets[4::5]).norm() / targets[4::5].norm())
+    result = fit_layer(layer, DenseMap(weight, None), x, targets=targets)
+    assert result.error == pytest.approx(before, rel=1e-6)
+    for name, value in layer.state_dict().items():
+        assert torch.equal(value, start[name]), name
+
+
+def test_fitted_conversion_is_deterministic_and_saves_bit_exactly(tmp_path) -> None:
+    import surgeon
+
+    model, data = _mlp(4), torch.randn(256, 24, generator=torch.Generator().manual_seed(9))
+    calibration = [data[i:i + 64] for i in range(0, 256, 64)]
+    first, second = (convert(model, "acdc", depth=3, init="fit", calibration=calibration, min_features=16,
+                             seed=0, quiet=True) for _ in range(2))
+    surgeon.save(first, tmp_path / "fit.safetensors")
+    back = surgeon.load(tmp_path / "fit.safetensors", _mlp(5))
+    for (name, a), (_, b), (_, c) in zip(first.state_dict().items(), second.state_dict().items(),
+                                         back.state_dict().items()):
+        assert torch.equal(a, b) and torch.equal(a, c), name

@@ -20,12 +20,14 @@ direction: a forward sweep reuses the downstream blocks of the previous backward
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import scipy.fft
 import torch
 
-from surgeon.ops.dct import dct, dct_matrix, idct
+from surgeon.primitives import dct_matrix
 from surgeon.surgery.moments import Moments, solve_damped
 
 # Below this size a dense DCT matmul beats the FFT call overhead for the (N, N) products a sweep needs.
@@ -36,16 +38,19 @@ class RowDCT:
     """``X ↦ X Cᵀ`` (``forward``) and ``X ↦ X C`` (``inverse``) on rows of size N (in the rows' dtype), and their
     two-sided forms on N×N blocks (one pocketfft call over both axes: no transposed copies)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, workers: int | None = None) -> None:
         dense = dct_matrix(n, dtype=torch.float64) if n <= DENSE_DCT_LIMIT else None
         self.matrix = None if dense is None else {torch.float64: dense, torch.float32: dense.float()}
-        self.workers = max(1, torch.get_num_threads())
+        self.workers = workers or max(1, torch.get_num_threads())
+
+    def _fft(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(fn(x.contiguous().numpy(), type=2, norm="ortho", axis=-1, workers=self.workers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix[x.dtype].T if self.matrix is not None else dct(x.contiguous())
+        return x @ self.matrix[x.dtype].T if self.matrix is not None else self._fft(scipy.fft.dct, x)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix[x.dtype] if self.matrix is not None else idct(x.contiguous())
+        return x @ self.matrix[x.dtype] if self.matrix is not None else self._fft(scipy.fft.idct, x)
 
     def sandwich(self, g: torch.Tensor) -> torch.Tensor:
         """``C G Cᵀ`` for G (N, N)."""
@@ -269,10 +274,22 @@ def default_sweeps(size: int) -> int:
     return max(4, min(40, round(4096 / size)))
 
 
-@torch.no_grad()
+@contextmanager
+def single_threaded_torch() -> Iterator[int]:
+    """Torch on one thread for the block; yields the thread count it had. A sweep is a chain of short N×N kernels
+    (Hadamard products, Cholesky, gathers) between pocketfft calls: OpenMP's fork/join and busy-waiting cost more
+    than a second thread gains (measured on 2 shared cores: 3× at N = 1024, 15–35× at N = 256, same result)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = None, damping: float = 1e-3,
                 tolerance: float = 2e-3, patience: int = 2, stop_at: float | None = None,
-                dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+                dtype: torch.dtype = torch.float32, fft_workers: int | None = None) -> tuple[float, float]:
     """Fit a linear ACDCLinear in place by alternating sweeps; keeps the parameters with the lowest held-out
     error seen, the starting ones included. Returns (held-out, train) relative errors of the kept parameters.
 
@@ -280,8 +297,16 @@ def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = No
     lowered the held-out error by a ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once
     it is at most ``stop_at``.
     ``dtype``: the precision of the N×N blocks a sweep carries (float32 halves the transform time; the solves are
-    refined and every error is measured in float64)."""
-    t = RowDCT(layer.size)
+    refined and every error is measured in float64). Torch runs single-threaded (:func:`single_threaded_torch`);
+    pocketfft uses ``fft_workers`` threads (default: torch's thread count before the fit)."""
+    with torch.no_grad(), single_threaded_torch() as threads:
+        return _fit_cascade(layer, train, held, sweeps=sweeps, damping=damping, tolerance=tolerance,
+                            patience=patience, stop_at=stop_at, dtype=dtype, workers=fft_workers or threads)
+
+
+def _fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None, damping: float, tolerance: float,
+                 patience: int, stop_at: float | None, dtype: torch.dtype, workers: int) -> tuple[float, float]:
+    t = RowDCT(layer.size, workers)
     state = state_of(layer)
     problem = Problem.of(train, state.size, offset=state.b is not None, dtype=dtype)
     best, best_state, best_train = cascade_error(state, t, held), copy_state(state), math.nan

@@ -19,6 +19,7 @@ direction: a forward sweep reuses the downstream blocks of the previous backward
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ import torch
 
 from surgeon.primitives import dct_matrix
 from surgeon.surgery.moments import Moments, solve_damped
+
+_CALLER_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("fit_caller_threads", default=None)
 
 # Below this size a dense DCT matmul beats the FFT call overhead for the (N, N) products a sweep needs.
 DENSE_DCT_LIMIT = 128
@@ -278,13 +281,17 @@ def default_sweeps(size: int) -> int:
 def single_threaded_torch() -> Iterator[int]:
     """Torch on one thread for the block; yields the thread count it had. A sweep is a chain of short N×N kernels
     (Hadamard products, Cholesky, gathers) between pocketfft calls: OpenMP's fork/join and busy-waiting cost more
-    than a second thread gains (measured on 2 shared cores: 3× at N = 1024, 15–35× at N = 256, same result)."""
-    threads = torch.get_num_threads()
+    than a second thread gains (measured on 2 shared cores: 3× at N = 1024, 15–35× at N = 256, same result).
+    Nested blocks yield the outermost count."""
+    before = torch.get_num_threads()
+    threads = _CALLER_THREADS.get() or before
+    token = _CALLER_THREADS.set(threads)
     torch.set_num_threads(1)
     try:
         yield threads
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+        _CALLER_THREADS.reset(token)
 
 
 def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = None, damping: float = 1e-3,

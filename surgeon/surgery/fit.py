@@ -97,7 +97,8 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
     fx call nodes (an fx Interpreter over a copy of ``graph`` captures their first argument). Returns (rows, in)
     float32 tensors with at most ``limit`` rows each; ``channel_dims`` names, per site, the input axis holding the
     features when it is not the last (a 1×1 convolution's channel axis). The model's train/eval flags are
-    restored afterwards.
+    restored afterwards. Torch runs single-threaded meanwhile (calibration batches are small: see
+    :func:`~surgeon.surgery.fit_acdc.single_threaded_torch`).
     """
     dims = dict(channel_dims or {})
     store = {name: _Rows(features[name], limit, dims.get(name, -1)) for name in [*modules, *calls]}
@@ -114,10 +115,11 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
         runner = recorder.run
     try:
         root.eval()
-        for batch in calibration:
-            call_with(runner, batch)
-            if all(rows.count >= limit for rows in store.values()):
-                break
+        with single_threaded_torch():
+            for batch in calibration:
+                call_with(runner, batch)
+                if all(rows.count >= limit for rows in store.values()):
+                    break
     finally:
         for handle in handles:
             handle.remove()

@@ -266,9 +266,8 @@ def cascade_error(state: CascadeState, t: RowDCT, moments: Moments) -> float:
 
 def affine_map(state: CascadeState, t: RowDCT) -> torch.Tensor:
     """The cascade as one affine map Φ_aug (in+1, out): its rows for the unit inputs, then the offset."""
-    unit = torch.eye(state.in_features, dtype=torch.float64)
-    offset = apply_rows(state, t, torch.zeros(1, state.in_features, dtype=torch.float64))
-    return torch.cat([apply_rows(state, t, unit) - offset, offset])
+    rows = apply_rows(state, t, torch.eye(state.in_features + 1, state.in_features, dtype=torch.float64))
+    return torch.cat([rows[:-1] - rows[-1:], rows[-1:]])
 
 
 def default_sweeps(size: int) -> int:
@@ -300,8 +299,9 @@ def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = No
     """Fit a linear ACDCLinear in place by alternating sweeps; keeps the parameters with the lowest held-out
     error seen, the starting ones included. Returns (held-out, train) relative errors of the kept parameters.
 
-    Stops after ``sweeps`` sweeps (default: :func:`default_sweeps`), or once ``patience`` sweeps in a row have not
-    lowered the held-out error by a ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once
+    Stops after ``sweeps`` sweeps (default: :func:`default_sweeps`; a sweep runs forward or backward through the
+    cascade, and the held-out error is checked after each forward + backward pair), or once ``patience`` checks in
+    a row have not lowered it by a ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once
     it is at most ``stop_at``.
     ``dtype``: the precision of the N×N blocks a sweep carries (float32 halves the transform time; the solves are
     refined and every error is measured in float64). Torch runs single-threaded (:func:`single_threaded_torch`);
@@ -319,9 +319,12 @@ def _fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None, da
     best, best_state, best_train = cascade_error(state, t, held), copy_state(state), math.nan
     downstream, _ = backward_sweep(state, t, problem, None, damping)
     upstream, stale = None, 0
-    for _ in range(default_sweeps(state.size) if sweeps is None else sweeps):
+    count = default_sweeps(state.size) if sweeps is None else sweeps
+    for sweep in range(count):
         if upstream is None:
             upstream, objective = forward_sweep(state, t, problem, downstream, damping)
+            if sweep < count - 1:
+                continue        # held-out checks after each forward + backward pair (and the last sweep)
         else:
             (downstream, objective), upstream = backward_sweep(state, t, problem, upstream, damping), None
         set_offset(state, t, problem)

@@ -271,9 +271,9 @@ def affine_map(state: CascadeState, t: RowDCT) -> torch.Tensor:
 
 
 def default_sweeps(size: int) -> int:
-    """The sweep cap of a default fit: 16 at N = 256, in inverse proportion to N (a sweep costs between
-    N² log N and N³), between 4 and 40."""
-    return max(4, min(40, round(4096 / size)))
+    """The sweep cap of a default fit: 12 at N = 256, in inverse proportion to N (a sweep costs between
+    N² log N and N³), between 4 and 40 — about one second per 256-wide depth-12 layer on two cores."""
+    return max(4, min(40, round(3072 / size)))
 
 
 @contextmanager

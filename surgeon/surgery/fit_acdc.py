@@ -33,6 +33,9 @@ from surgeon.surgery.moments import Moments, solve_damped
 
 _CALLER_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("fit_caller_threads", default=None)
 
+# N×N blocks up to this many elements are transformed by one pocketfft thread (N ≤ 512).
+SERIAL_FFT_ELEMENTS = 2**18
+
 # Below this size a dense DCT matmul beats the FFT call overhead for the (N, N) products a sweep needs.
 DENSE_DCT_LIMIT = 128
 
@@ -44,7 +47,8 @@ class RowDCT:
     def __init__(self, n: int, workers: int | None = None) -> None:
         dense = dct_matrix(n, dtype=torch.float64) if n <= DENSE_DCT_LIMIT else None
         self.matrix = None if dense is None else {torch.float64: dense, torch.float32: dense.float()}
-        self.workers = workers or max(1, torch.get_num_threads())
+        # pocketfft starts its worker threads per call: on blocks that fit in cache one thread is faster
+        self.workers = 1 if n * n <= SERIAL_FFT_ELEMENTS else workers or max(1, torch.get_num_threads())
 
     def _fft(self, fn, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(fn(x.contiguous().numpy(), type=2, norm="ortho", axis=-1, workers=self.workers))

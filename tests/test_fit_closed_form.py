@@ -12,7 +12,16 @@ from surgeon.layers.fastfood import FastfoodLinear
 from surgeon.layers.lowrank import LowRankLinear, rank_for_ratio
 from surgeon.surgery.convert import convert
 from surgeon.surgery.fit import DenseMap, fit_layer, relative_error
-from surgeon.surgery.fit_acdc import RowDCT, _through_factor, _update_factor, backward_sweep, state_of
+from surgeon.surgery.fit_acdc import (
+    Problem,
+    RowDCT,
+    backward_sweep,
+    copy_state,
+    forward_sweep,
+    load_state,
+    set_offset,
+    state_of,
+)
 from surgeon.surgery.fit_lowrank import whitened_factors
 from surgeon.surgery.moments import Moments
 from surgeon.surgery.record import records
@@ -24,42 +33,69 @@ def _rows(n_rows: int, n: int, seed: int) -> torch.Tensor:
                       torch.randn(n, n, generator=gen, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("block", ["a", "d", "b"])
-def test_one_als_block_is_the_dense_least_squares_solution(block: str) -> None:
+def _block_oracle(layer: ACDCLinear, x: torch.Tensor, targets: torch.Tensor, name: str, k: int) -> torch.Tensor:
+    """The fitted outputs of min over diagonal ``name``[k] and a free output offset (the biases only ever add one)
+    of the squared output error: the output is affine in one diagonal, so probe its columns with unit vectors and
+    solve with numpy's lstsq."""
+    param = getattr(layer, name)
+    saved, n = param[k].clone(), param.shape[1]
+
+    def output(value: torch.Tensor) -> torch.Tensor:
+        param[k] = value
+        return layer(x).reshape(-1)
+
+    with torch.no_grad():
+        base = output(torch.zeros(n, dtype=torch.float64))
+        columns = [output(torch.eye(n, dtype=torch.float64)[j]) - base for j in range(n)]
+        param[k] = saved
+    offsets = torch.eye(targets.shape[1], dtype=torch.float64).repeat(x.shape[0], 1)
+    design = torch.cat([torch.stack(columns, 1), offsets], 1).numpy()
+    solution, *_ = np.linalg.lstsq(design, (targets.reshape(-1) - base).numpy(), rcond=None)
+    return torch.from_numpy(design @ solution) + base
+
+
+def _best_offset_outputs(layer: ACDCLinear, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = layer(x)
+    return (out + (targets - out).mean(0)).reshape(-1)
+
+
+def test_each_als_block_is_the_dense_least_squares_solution() -> None:
+    """Every block update of a forward then a backward sweep (Grams carried by transforms, offset eliminated)
+    reaches the lstsq optimum over that diagonal given the blocks updated before it."""
     torch.manual_seed(0)
     layer = ACDCLinear(6, 8, depth=3, activation=None, seed=1, init_std=0.5).double()
     with torch.no_grad():
         layer.b.normal_(0, 0.3)
     x, targets = _rows(40, 6, 2), torch.randn(40, 8, dtype=torch.float64)
-    k = 1
-    param = getattr(layer, block)
+    state, t = state_of(layer), RowDCT(8)
+    problem = Problem.of(Moments.of(x, targets), 8, offset=True, dtype=torch.float64)
+    downstream, _ = backward_sweep(state, t, problem, None, damping=1e-12)
+    before = copy_state(state)
+    upstream, _ = forward_sweep(state, t, problem, downstream, damping=1e-12)
+    order = [(k, name) for k in range(3) for name in "ad"]
+    after_forward = copy_state(state)
+    backward_sweep(state, t, problem, upstream, damping=1e-12)
+    steps = [(before, after_forward, order), (after_forward, state, [(k, n) for k in (2, 1, 0) for n in "da"])]
+    for start, end, sequence in steps:
+        load_state(layer, start)
+        for k, name in sequence:
+            expected = _block_oracle(layer, x, targets, name, k)
+            with torch.no_grad():
+                getattr(layer, name)[k] = getattr(end, name)[k]
+            np.testing.assert_allclose(_best_offset_outputs(layer, x, targets), expected, rtol=1e-6, atol=1e-8)
 
-    def output(value: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            saved = param[k].clone()
-            param[k] = value
-            out = layer(x)
-            param[k] = saved
-        return out
 
-    # the output is affine in one diagonal: probe its columns with unit vectors, then numpy's lstsq
-    base = output(torch.zeros(8, dtype=torch.float64))
-    design = torch.stack([(output(torch.eye(8, dtype=torch.float64)[j]) - base).reshape(-1) for j in range(8)], 1)
-    expected, *_ = np.linalg.lstsq(design.numpy(), (targets - base).reshape(-1).numpy(), rcond=None)
-
-    state = state_of(layer)
-    t = RowDCT(8)
-    moments = Moments.of(x, targets)
-    downstream = backward_sweep(state, t, moments, None, None)
-    e = torch.zeros(7, 8, dtype=torch.float64)
-    e[:6, :6] = torch.eye(6, dtype=torch.float64)
-    unit = torch.zeros(7, dtype=torch.float64)
-    unit[-1] = 1.0
-    e = _through_factor(e, state, 0, t, unit)
-    _update_factor(state, k, t, moments, e, moments.gram @ e, *downstream[k], damping=1e-12, blocks=block)
-    # compare fitted outputs: padded coordinates leave a_k's system rank-deficient (the Gram products run in fp32)
-    got = getattr(state, block)[k].numpy()
-    np.testing.assert_allclose(design.numpy() @ got, design.numpy() @ expected, rtol=1e-5, atol=1e-6)
+def test_offset_is_the_least_squares_intercept() -> None:
+    layer = ACDCLinear(5, 4, depth=2, activation=None, seed=3, init_std=0.5).double()
+    with torch.no_grad():
+        layer.b.normal_(0, 0.3)
+    x, targets = _rows(30, 5, 7), torch.randn(30, 4, dtype=torch.float64) + 2.0
+    state, t = state_of(layer), RowDCT(5)
+    set_offset(state, t, Problem.of(Moments.of(x, targets), 5, offset=True))
+    load_state(layer, state)
+    with torch.no_grad():
+        np.testing.assert_allclose((targets - layer(x)).mean(0).numpy(), 0, atol=1e-10)
 
 
 def test_fit_cascade_never_worsens_and_matches_row_error() -> None:
@@ -176,3 +212,37 @@ def test_low_rank_layer_takes_the_default_dtype_like_nn_linear():
     layer = LowRankLinear(12, 10, rank=3)
     assert {p.dtype for p in layer.parameters()} == {torch.get_default_dtype()}
     assert layer(torch.randn(2, 12)).dtype == torch.get_default_dtype()
+
+
+def test_fit_keeps_the_start_when_every_sweep_overfits() -> None:
+    """A good starting cascade refitted on a few noisy rows: the sweeps overfit the noise, the clean held-out rows
+    say so, and the fit hands back the start untouched."""
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.randn(16, 16, generator=gen) / 4
+    layer = ACDCLinear(16, 16, depth=6, activation=None, seed=0)
+    clean = torch.randn(2000, 16, generator=gen)
+    fit_layer(layer, DenseMap(weight, None), clean)
+    start = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(20, 16, generator=gen)
+    targets = x @ weight.T + 3 * torch.randn(20, 16, generator=gen)
+    targets[4::5] = x[4::5] @ weight.T                      # the held-out rows are clean
+    with torch.no_grad():
+        before = float((layer(x[4::5]) - targets[4::5]).norm() / targets[4::5].norm())
+    result = fit_layer(layer, DenseMap(weight, None), x, targets=targets)
+    assert result.error == pytest.approx(before, rel=1e-6)
+    for name, value in layer.state_dict().items():
+        assert torch.equal(value, start[name]), name
+
+
+def test_fitted_conversion_is_deterministic_and_saves_bit_exactly(tmp_path) -> None:
+    import surgeon
+
+    model, data = _mlp(4), torch.randn(256, 24, generator=torch.Generator().manual_seed(9))
+    calibration = [data[i:i + 64] for i in range(0, 256, 64)]
+    first, second = (convert(model, "acdc", depth=3, init="fit", calibration=calibration, min_features=16,
+                             seed=0, quiet=True) for _ in range(2))
+    surgeon.save(first, tmp_path / "fit.safetensors")
+    back = surgeon.load(tmp_path / "fit.safetensors", _mlp(5))
+    for (name, a), (_, b), (_, c) in zip(first.state_dict().items(), second.state_dict().items(),
+                                         back.state_dict().items()):
+        assert torch.equal(a, b) and torch.equal(a, c), name

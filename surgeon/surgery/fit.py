@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from surgeon.errors import FitError
-from surgeon.surgery.fit_acdc import fit_cascade
+from surgeon.surgery.fit_acdc import fit_cascade, single_threaded_torch
 from surgeon.surgery.fit_fastfood import fit_fastfood
 from surgeon.surgery.fit_lowrank import fit_lowrank
 from surgeon.surgery.moments import Moments
@@ -97,7 +97,8 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
     fx call nodes (an fx Interpreter over a copy of ``graph`` captures their first argument). Returns (rows, in)
     float32 tensors with at most ``limit`` rows each; ``channel_dims`` names, per site, the input axis holding the
     features when it is not the last (a 1×1 convolution's channel axis). The model's train/eval flags are
-    restored afterwards.
+    restored afterwards. Torch runs single-threaded meanwhile (calibration batches are small: see
+    :func:`~surgeon.surgery.fit_acdc.single_threaded_torch`).
     """
     dims = dict(channel_dims or {})
     store = {name: _Rows(features[name], limit, dims.get(name, -1)) for name in [*modules, *calls]}
@@ -114,10 +115,11 @@ def capture_inputs(root: nn.Module, graph: fx.Graph | None, modules: Mapping[str
         runner = recorder.run
     try:
         root.eval()
-        for batch in calibration:
-            call_with(runner, batch)
-            if all(rows.count >= limit for rows in store.values()):
-                break
+        with single_threaded_torch():
+            for batch in calibration:
+                call_with(runner, batch)
+                if all(rows.count >= limit for rows in store.values()):
+                    break
     finally:
         for handle in handles:
             handle.remove()
@@ -178,17 +180,21 @@ def fit_layer(layer: nn.Module, dense: DenseMap, inputs: torch.Tensor, *, steps:
     (a quick estimate, e.g. for budget curves; default: the solvers' own). Every path keeps the parameters with the
     lowest held-out error seen, the starting ones included, so a fit never makes a layer worse.
     """
+    closed = _closed_form(layer)
+    if closed is not None:
+        extra = {} if sweeps is None or closed is fit_lowrank else {"sweeps": sweeps}
+        with single_threaded_torch():      # moments and solves: short kernels, see single_threaded_torch
+            if targets is None:
+                targets = dense(inputs)
+            (train, held), (train_t, held_t) = split(inputs), split(targets)
+            result = closed(layer, Moments.of(train, train_t), Moments.of(held, held_t), **extra)
+        if tick is not None:
+            tick(1.0)
+        return FitResult(error=result[0], train_error=result[1])
     if targets is None:
         targets = dense(inputs)
     train, held = split(inputs)
     train_t, held_t = split(targets)
-    closed = _closed_form(layer)
-    if closed is not None:
-        extra = {} if sweeps is None or closed is fit_lowrank else {"sweeps": sweeps}
-        result = closed(layer, Moments.of(train, train_t), Moments.of(held, held_t), **extra)
-        if tick is not None:
-            tick(1.0)
-        return FitResult(error=result[0], train_error=result[1])
     return _fit_by_gradient(layer, train, train_t, held, held_t, steps=steps, lr=lr, batch_rows=batch_rows,
                             seed=seed, tick=tick)
 

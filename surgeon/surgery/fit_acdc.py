@@ -1,48 +1,80 @@
 """Closed-form fitting of a linear ACDC cascade: alternating least squares over its diagonals, in Gram form.
 
-A linear cascade (``activation=None``) is affine in each of its diagonals when the others are fixed. For factor k
-with input ``z_k = x_aug E_k`` (E_k: the upstream affine map, (in+1, N)) and the downstream map
-``out = y_k M_k + c_k`` (M_k: (N, out), c_k: the downstream biases), factor k's output is
-``y_k = ((z_k ⊙ a_k) Cᵀ ⊙ d_k + b_k) C`` (thesis eq. 3.24, §3.10.7.2), so with ``P = C M_k`` and
-``Q = Cᵀ diag(d_k) P`` the three block problems are
+A linear cascade (``activation=None``) maps rows as ``x ↦ x Φ + o``: factor k is ``y_k = z_k F_k + b_k C`` with
+``F_k = diag(a_k) Cᵀ diag(d_k) C`` (thesis eq. 3.24, rows times matrices), followed by the fixed permutation
+``Π_k``. Its biases only ever add one constant output offset ``o``; with the others fixed, the last bias alone
+reaches every offset, so the fit eliminates the offset (centred second moments, then the last bias set to the
+optimal offset) and alternates over the diagonals, each of which enters the output linearly. For factor k with
+input rows ``Z`` and downstream map ``M_k`` (N, out), with ``P = C M_k`` and ``Q = Cᵀ diag(d_k) P``::
 
-    a_k:  min ‖(Z ⊙ a) Q − R‖²      normal equations  ((Q Qᵀ) ⊙ (ZᵀZ)) a = rowsum((Zᵀ R) ⊙ Q)
-    d_k:  min ‖(H ⊙ d) P − R‖²      H = (Z ⊙ a) Cᵀ,  ((P Pᵀ) ⊙ (HᵀH)) d = rowsum((Hᵀ R) ⊙ P)
-    b_k:  min ‖1 (b P) − R‖²        (m P Pᵀ) b = P (Rᵀ 1)
+    a_k:  min ‖(Z ⊙ a) Q − T‖²      normal equations  ((Q Qᵀ) ⊙ (ZᵀZ)) a = rowsum((Zᵀ T) ⊙ Q)
+    d_k:  min ‖(H ⊙ d) P − T‖²      H = (Z ⊙ a) Cᵀ,  ((P Pᵀ) ⊙ (HᵀH)) d = rowsum((Hᵀ T) ⊙ P)
 
-where R is the target minus everything else. ``ZᵀZ = E_kᵀ S E_k`` and ``Zᵀ T = E_kᵀ B`` come from the
-calibration moments (:mod:`surgeon.surgery.moments`), so a sweep costs O(K N³) whatever the number of rows. Sweeps
-alternate direction: a forward sweep reuses the downstream maps of the previous backward sweep and vice versa.
+Every N×N block is carried from factor to factor by transforms instead of products: ``Z_{k+1}ᵀ Z_{k+1} =
+Π_kᵀ Cᵀ D_k (C A_k ZᵀZ A_k Cᵀ) D_k C Π_k`` (the middle factor is ``HᵀH``), and downstream
+``M_{k-1} M_{k-1}ᵀ = Π A_k (Q_k Q_kᵀ) A_k Πᵀ``. So one factor update costs about seven N×N DCT passes and two
+N×N Cholesky solves, whatever the number of calibration rows (:mod:`surgeon.surgery.moments`). Sweeps alternate
+direction: a forward sweep reuses the downstream blocks of the previous backward sweep and vice versa.
 """
 
 from __future__ import annotations
 
+import contextvars
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import scipy.fft
 import torch
 
-from surgeon.ops.dct import dct, dct_matrix, idct
+from surgeon.primitives import dct_matrix
 from surgeon.surgery.moments import Moments, solve_damped
+
+_CALLER_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("fit_caller_threads", default=None)
+
+# N×N blocks up to this many elements are transformed by one pocketfft thread (N ≤ 512).
+SERIAL_FFT_ELEMENTS = 2**18
 
 # Below this size a dense DCT matmul beats the FFT call overhead for the (N, N) products a sweep needs.
 DENSE_DCT_LIMIT = 128
 
 
 class RowDCT:
-    """``X ↦ X Cᵀ`` (``forward``) and ``X ↦ X C`` (``inverse``) on float64 rows of size N."""
+    """``X ↦ X Cᵀ`` (``forward``) and ``X ↦ X C`` (``inverse``) on rows of size N (in the rows' dtype), and their
+    two-sided forms on N×N blocks (one pocketfft call over both axes: no transposed copies)."""
 
-    def __init__(self, n: int) -> None:
-        self.matrix = dct_matrix(n) if n <= DENSE_DCT_LIMIT else None
+    def __init__(self, n: int, workers: int | None = None) -> None:
+        dense = dct_matrix(n, dtype=torch.float64) if n <= DENSE_DCT_LIMIT else None
+        self.matrix = None if dense is None else {torch.float64: dense, torch.float32: dense.float()}
+        # pocketfft starts its worker threads per call: on blocks that fit in cache one thread is faster
+        self.workers = 1 if n * n <= SERIAL_FFT_ELEMENTS else workers or max(1, torch.get_num_threads())
+
+    def _fft(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(fn(x.contiguous().numpy(), type=2, norm="ortho", axis=-1, workers=self.workers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix.T if self.matrix is not None else dct(x.contiguous())
+        return x @ self.matrix[x.dtype].T if self.matrix is not None else self._fft(scipy.fft.dct, x)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix if self.matrix is not None else idct(x.contiguous())
+        return x @ self.matrix[x.dtype] if self.matrix is not None else self._fft(scipy.fft.idct, x)
 
-    def columns(self, x: torch.Tensor) -> torch.Tensor:
-        """``C X`` for X (N, m)."""
-        return self.forward(x.T.contiguous()).T
+    def sandwich(self, g: torch.Tensor) -> torch.Tensor:
+        """``C G Cᵀ`` for G (N, N)."""
+        if self.matrix is not None:
+            return self.matrix[g.dtype] @ g @ self.matrix[g.dtype].T
+        return torch.from_numpy(scipy.fft.dctn(g.numpy(), type=2, norm="ortho", workers=self.workers))
+
+    def sandwich_inverse(self, g: torch.Tensor) -> torch.Tensor:
+        """``Cᵀ G C`` for G (N, N)."""
+        if self.matrix is not None:
+            return self.matrix[g.dtype].T @ g @ self.matrix[g.dtype]
+        return torch.from_numpy(scipy.fft.idctn(g.numpy(), type=2, norm="ortho", workers=self.workers))
+
+
+def _scaled(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``diag(v) G diag(v)``."""
+    return g * v.unsqueeze(0) * v.unsqueeze(1)
 
 
 @dataclass
@@ -72,109 +104,141 @@ class CascadeState:
         return None if perm is None else torch.argsort(perm)
 
 
-def _input_map(state: CascadeState) -> torch.Tensor:
-    """E_0 (in+1, N): the padded identity; the last (constant) row carries offsets, zero at the input."""
-    e = torch.zeros(state.in_features + 1, state.size, dtype=torch.float64)
-    e[: state.in_features, : state.in_features] = torch.eye(state.in_features, dtype=torch.float64)
-    return e
+def _permuted(g: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """Rows and columns of a square block reindexed by ``perm`` (``Πᵀ G Π``)."""
+    return g if perm is None else g.index_select(0, perm).index_select(1, perm)
 
 
-def _through_factor(rows: torch.Tensor, state: CascadeState, k: int, t: RowDCT,
-                    offset_weights: torch.Tensor | None) -> torch.Tensor:
-    """Rows pushed through factor k and the permutation after it. ``offset_weights`` (rows,) says how much of the
-    bias each row receives (the constant coordinate of x_aug for E, ``S[:, -1]`` for F = S E)."""
-    out = t.inverse(t.forward(rows * state.a[k]) * state.d[k])
-    if state.b is not None and offset_weights is not None:
-        out = out + torch.outer(offset_weights, t.inverse(state.b[k:k + 1])[0])
-    perm = state.perm(k)
-    return out if perm is None else out[:, perm]
-
-
-def affine_map(state: CascadeState, t: RowDCT) -> torch.Tensor:
-    """The cascade as one affine map Φ_aug (in+1, out)."""
-    e = _input_map(state)
-    unit = torch.zeros(e.shape[0], dtype=torch.float64)
-    unit[-1] = 1.0
+def apply_rows(state: CascadeState, t: RowDCT, x: torch.Tensor, skip_last_bias: bool = False) -> torch.Tensor:
+    """The cascade applied to rows ``x`` (m, in) in float64, exactly as the layer computes it; (m, out)."""
+    z = torch.zeros(x.shape[0], state.size, dtype=torch.float64)
+    z[:, : state.in_features] = x.double()
     for k in range(state.depth):
-        e = _through_factor(e, state, k, t, unit)
-    return e[:, : state.out_features]
+        z = t.forward(z * state.a[k]) * state.d[k]
+        if state.b is not None and not (skip_last_bias and k == state.depth - 1):
+            z = z + state.b[k]
+        z = t.inverse(z)
+        perm = state.perm(k)
+        z = z if perm is None else z[:, perm]
+    return z[:, : state.out_features]
 
 
-def _downstream(state: CascadeState, t: RowDCT, k: int, mt_next: torch.Tensor, c_next: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M_kᵀ, c_k) from (M_{k+1}ᵀ, c_{k+1}): one step of the backward recursion."""
-    lm = t.inverse(t.forward(mt_next) * state.d[k + 1]) * state.a[k + 1]        # (L_{k+1} M_{k+1})ᵀ
-    c = c_next if state.b is None else c_next + mt_next @ t.inverse(state.b[k + 1:k + 2])[0]
-    inverse = state.inverse_perm(k)
-    return (lm if inverse is None else lm[:, inverse]), c
+@dataclass
+class Problem:
+    """A fitting problem in the cascade's padded coordinates: ``Σ ‖z₀ Φ − t‖²`` as ``tr(Φᵀ G Φ) − 2 tr(Φᵀ X) +
+    energy``; centred (``mean_in``/``mean_out`` set) when the cascade has biases to absorb the offset."""
+
+    gram: torch.Tensor               # (N, N)
+    cross: torch.Tensor              # Xᵀ = Tᵀ Z₀ (out, N)
+    energy: float
+    raw_energy: float                # ‖T‖², the denominator of the relative error
+    mean_in: torch.Tensor | None     # (in,)
+    mean_out: torch.Tensor | None    # (out,)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.gram.dtype
+
+    @classmethod
+    def of(cls, moments: Moments, size: int, offset: bool, dtype: torch.dtype = torch.float64) -> Problem:
+        """The moments centred (``offset``) and padded to ``size``; the blocks a sweep carries in ``dtype``."""
+        n_in = moments.gram.shape[0] - 1
+        gram, cross, energy = moments.gram[:n_in, :n_in], moments.cross[:n_in], moments.target_energy
+        mean_in = mean_out = None
+        if offset and moments.rows > 0:
+            sums, target_sum, rows = moments.input_sum[:n_in], moments.target_sum, moments.rows
+            gram = gram - torch.outer(sums, sums) / rows
+            cross = cross - torch.outer(sums, target_sum) / rows
+            energy = energy - float(target_sum @ target_sum) / rows
+            mean_in, mean_out = sums / rows, target_sum / rows
+        padded = torch.zeros(size, size, dtype=torch.float64)
+        padded[:n_in, :n_in] = gram
+        padded_cross = torch.zeros(cross.shape[1], size, dtype=torch.float64)
+        padded_cross[:, :n_in] = cross.T
+        return cls(padded.to(dtype), padded_cross.to(dtype), energy, moments.target_energy, mean_in, mean_out)
+
+    def relative(self, objective: float) -> float:
+        if self.raw_energy <= 0:
+            return 0.0 if objective <= 0 else math.inf
+        return math.sqrt(max(0.0, objective) / self.raw_energy)
 
 
-def _last_downstream(state: CascadeState) -> tuple[torch.Tensor, torch.Tensor]:
-    mt = torch.zeros(state.out_features, state.size, dtype=torch.float64)
-    mt[:, : state.out_features] = torch.eye(state.out_features, dtype=torch.float64)
-    return mt, torch.zeros(state.out_features, dtype=torch.float64)
+def _solve(system: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, damping: float,
+           energy: float) -> tuple[torch.Tensor, float]:
+    """The damped block solution v (float64) and the (undamped) objective ``vᵀ G v − 2 rhsᵀ v + energy`` it
+    reaches, from ``(G + λI) v = rhs + λ current`` without another product with G."""
+    value, lam = solve_damped(system, rhs, current, damping)
+    rhs = rhs.double()
+    return value, float(value @ (rhs + lam * (current.double() - value)) - 2 * (rhs @ value)) + energy
 
 
-def _gram(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``leftᵀ right`` for the N×N normal-equation blocks, multiplied in float32 (twice the BLAS throughput; the
-    damped solves and all error evaluations stay in float64)."""
-    return (left.T.float() @ right.float()).double()
+def _diag(values: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    return values[k].to(dtype)
 
 
-def _update_factor(state: CascadeState, k: int, t: RowDCT, moments: Moments, e: torch.Tensor, f: torch.Tensor,
-                   mt: torch.Tensor, c: torch.Tensor, damping: float, blocks: str = "adb") -> None:
-    """Exact (damped) block minimisation over a_k, then d_k, then b_k (those named in ``blocks``), in place."""
-    zz = _gram(e, f)                                        # ZᵀZ (N, N)
-    z_sum = e.T @ moments.input_sum                         # Zᵀ1 (N,)
-    zt = e.T @ moments.cross - torch.outer(z_sum, c)        # Zᵀ(T − 1c) (N, out)
-    pt = t.forward(mt)                                      # Pᵀ = M_kᵀ Cᵀ (out, N)
-    ppt = _gram(pt, pt)
-    bias_out = pt.new_zeros(state.out_features) if state.b is None else pt @ state.b[k]   # b P (out,)
-    # a_k
-    qt = t.inverse(pt * state.d[k])                         # Qᵀ (out, N)
-    residual = zt - torch.outer(z_sum, bias_out)
-    if "a" in blocks:
-        state.a[k] = solve_damped(_gram(qt, qt) * zz, (residual * qt.T).sum(1), state.a[k], damping)
-    # d_k
-    scaled = zz * state.a[k].unsqueeze(0) * state.a[k].unsqueeze(1)
-    hh = t.columns(t.forward(scaled))                       # C diag(a) ZᵀZ diag(a) Cᵀ
-    ht = t.columns(residual * state.a[k].unsqueeze(1))      # Hᵀ(T − 1c − 1bP)
-    if "d" in blocks:
-        state.d[k] = solve_damped(ppt * hh, (ht * pt.T).sum(1), state.d[k], damping)
-    # b_k
-    if state.b is not None and "b" in blocks:
-        h_sum = t.forward((state.a[k] * z_sum).unsqueeze(0))[0]                     # Hᵀ1
-        rest = moments.target_sum - moments.rows * c - pt @ (h_sum * state.d[k])  # (T − 1c − (H⊙d)P)ᵀ1
-        state.b[k] = solve_damped(moments.rows * ppt, pt.T @ rest, state.b[k], damping)
+def _downstream_end(state: CascadeState, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M Mᵀ, Mᵀ) after the last factor: the output keeps the first ``out`` coordinates."""
+    mt = torch.zeros(state.out_features, state.size, dtype=dtype)
+    mt[:, : state.out_features] = torch.eye(state.out_features, dtype=dtype)
+    kept = torch.zeros(state.size, dtype=dtype)
+    kept[: state.out_features] = 1
+    return torch.diag(kept), mt
 
 
-def forward_sweep(state: CascadeState, t: RowDCT, moments: Moments, downstream: list, damping: float) -> list:
-    """Update factors 0..K-1 in order; returns the upstream maps (E_k, F_k = S E_k) used, for a backward sweep."""
-    e = _input_map(state)
-    f = moments.gram @ e
-    unit = torch.zeros(e.shape[0], dtype=torch.float64)
-    unit[-1] = 1.0
+def forward_sweep(state: CascadeState, t: RowDCT, problem: Problem, downstream: list, damping: float
+                  ) -> tuple[list, float]:
+    """Update a_k then d_k for k = 0..K-1 with the downstream blocks of a backward sweep; returns the upstream
+    blocks (ZᵀZ, TᵀZ, HᵀH, TᵀH) per factor and the objective."""
+    g, xt, objective, w = problem.gram, problem.cross, problem.energy, problem.dtype
     upstream = []
     for k in range(state.depth):
-        upstream.append((e, f))
-        _update_factor(state, k, t, moments, e, f, *downstream[k], damping)
-        e = _through_factor(e, state, k, t, unit)
-        f = _through_factor(f, state, k, t, moments.input_sum)
-    return upstream
+        ppt, pt, qqt, qt = downstream[k]       # d_k has not changed since they were built
+        state.a[k], objective = _solve(qqt * g, (xt * qt).sum(0), state.a[k], damping, problem.energy)
+        a = _diag(state.a, k, w)
+        hh, hxt = t.sandwich(_scaled(g, a)), t.forward(xt * a)
+        upstream.append((g, xt, hh, hxt))
+        state.d[k], objective = _solve(ppt * hh, (hxt * pt).sum(0), state.d[k], damping, problem.energy)
+        d, perm = _diag(state.d, k, w), state.perm(k)
+        g = _permuted(t.sandwich_inverse(_scaled(hh, d)), perm)
+        xt = t.inverse(hxt * d)
+        xt = xt if perm is None else xt.index_select(1, perm)
+    return upstream, objective
 
 
-def backward_sweep(state: CascadeState, t: RowDCT, moments: Moments, upstream: list | None,
-                   damping: float | None) -> list:
-    """Update factors K-1..0 (or, with ``damping=None``, only compute the downstream maps); returns them."""
-    mt, c = _last_downstream(state)
+def backward_sweep(state: CascadeState, t: RowDCT, problem: Problem, upstream: list | None,
+                   damping: float) -> tuple[list, float]:
+    """Update d_k then a_k for k = K-1..0 with the upstream blocks of a forward sweep (with ``upstream=None``,
+    only build the downstream blocks); returns the downstream blocks (PPᵀ, Pᵀ, QQᵀ, Qᵀ) per factor and the
+    objective."""
+    w = problem.dtype
+    mm, mt = _downstream_end(state, w)
     downstream: list = [None] * state.depth
+    objective = math.nan
     for k in range(state.depth - 1, -1, -1):
-        if k < state.depth - 1:
-            mt, c = _downstream(state, t, k, mt, c)
-        downstream[k] = (mt, c)
-        if damping is not None and upstream is not None:
-            _update_factor(state, k, t, moments, *upstream[k], mt, c, damping)
-    return downstream
+        ppt, pt = t.sandwich(mm), t.forward(mt)
+        if upstream is not None:
+            g, xt, hh, hxt = upstream[k]      # a_k has not changed since they were built
+            state.d[k], objective = _solve(ppt * hh, (hxt * pt).sum(0), state.d[k], damping, problem.energy)
+        d = _diag(state.d, k, w)
+        qqt, qt = t.sandwich_inverse(_scaled(ppt, d)), t.inverse(pt * d)
+        downstream[k] = (ppt, pt, qqt, qt)
+        if upstream is not None:
+            state.a[k], objective = _solve(qqt * g, (xt * qt).sum(0), state.a[k], damping, problem.energy)
+        if k > 0:
+            a, inverse = _diag(state.a, k, w), state.inverse_perm(k - 1)
+            mm, mt = _permuted(_scaled(qqt, a), inverse), qt * a
+            mt = mt if inverse is None else mt.index_select(1, inverse)
+    return downstream, objective
+
+
+def set_offset(state: CascadeState, t: RowDCT, problem: Problem) -> None:
+    """Give the last bias the optimal output offset (mean target minus the cascade at the mean input)."""
+    if state.b is None or problem.mean_in is None or problem.mean_out is None:
+        return
+    rest = apply_rows(state, t, problem.mean_in.unsqueeze(0), skip_last_bias=True)[0]
+    spectrum = t.inverse(state.b[-1:].clone())[0]          # the last bias as it reaches the output: b C
+    spectrum[: state.out_features] = problem.mean_out - rest
+    state.b[-1] = t.forward(spectrum.unsqueeze(0))[0]
 
 
 def state_of(layer) -> CascadeState:
@@ -197,52 +261,85 @@ def copy_state(state: CascadeState) -> CascadeState:
                         state.perms, state.in_features, state.out_features)
 
 
-def _extrapolate(before: CascadeState, after: CascadeState, step: float) -> CascadeState:
-    out = copy_state(after)
-    out.a = before.a + step * (after.a - before.a)
-    out.d = before.d + step * (after.d - before.d)
-    if out.b is not None and before.b is not None:
-        out.b = before.b + step * (after.b - before.b)
-    return out
+def cascade_error(state: CascadeState, t: RowDCT, moments: Moments) -> float:
+    """Relative output error on the moments' rows (pushed through the cascade when the moments keep them)."""
+    if moments.inputs is not None:
+        return moments.row_error(apply_rows(state, t, moments.inputs))
+    return moments.relative_error(affine_map(state, t))
 
 
-@torch.no_grad()
-def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int = 16, damping: float = 1e-3,
-                patience: int = 3, accelerate: float = 0.5, stop_at: float | None = None) -> tuple[float, float]:
+def affine_map(state: CascadeState, t: RowDCT) -> torch.Tensor:
+    """The cascade as one affine map Φ_aug (in+1, out): its rows for the unit inputs, then the offset."""
+    rows = apply_rows(state, t, torch.eye(state.in_features + 1, state.in_features, dtype=torch.float64))
+    return torch.cat([rows[:-1] - rows[-1:], rows[-1:]])
+
+
+def default_sweeps(size: int) -> int:
+    """The sweep cap of a default fit: 12 at N = 256, in inverse proportion to N (a sweep costs between
+    N² log N and N³), between 4 and 40 — about one second per 256-wide depth-12 layer on two cores."""
+    return max(4, min(40, round(3072 / size)))
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[int]:
+    """Torch on one thread for the block; yields the thread count it had. A sweep is a chain of short N×N kernels
+    (Hadamard products, Cholesky, gathers) between pocketfft calls: OpenMP's fork/join and busy-waiting cost more
+    than a second thread gains (measured on 2 shared cores: 3× at N = 1024, 15–35× at N = 256, same result).
+    Nested blocks yield the outermost count."""
+    before = torch.get_num_threads()
+    threads = _CALLER_THREADS.get() or before
+    token = _CALLER_THREADS.set(threads)
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+        _CALLER_THREADS.reset(token)
+
+
+def fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None = None, damping: float = 1e-3,
+                tolerance: float = 2e-3, patience: int = 2, stop_at: float | None = None,
+                dtype: torch.dtype = torch.float32, fft_workers: int | None = None) -> tuple[float, float]:
     """Fit a linear ACDCLinear in place by alternating sweeps; keeps the parameters with the lowest held-out
     error seen, the starting ones included. Returns (held-out, train) relative errors of the kept parameters.
 
-    ``accelerate``: after each sweep, also try moving ``1 + accelerate·sweep^(1/3)`` times the sweep's step
-    (ALS line extrapolation) and keep it when it lowers the training error. ``stop_at``: stop once the held-out
-    error is at most this (time-to-accuracy benchmarks)."""
-    t = RowDCT(layer.size)
+    Stops after ``sweeps`` sweeps (default: :func:`default_sweeps`; a sweep runs forward or backward through the
+    cascade, and the held-out error is checked after each forward + backward pair), or once ``patience`` checks in
+    a row have not lowered it by a ``tolerance`` fraction of its best value, or (time-to-accuracy benchmarks) once
+    it is at most ``stop_at``.
+    ``dtype``: the precision of the N×N blocks a sweep carries (float32 halves the transform time; the solves are
+    refined and every error is measured in float64). Torch runs single-threaded (:func:`single_threaded_torch`);
+    pocketfft uses ``fft_workers`` threads (default: torch's thread count before the fit)."""
+    with torch.no_grad(), single_threaded_torch() as threads:
+        return _fit_cascade(layer, train, held, sweeps=sweeps, damping=damping, tolerance=tolerance,
+                            patience=patience, stop_at=stop_at, dtype=dtype, workers=fft_workers or threads)
+
+
+def _fit_cascade(layer, train: Moments, held: Moments, *, sweeps: int | None, damping: float, tolerance: float,
+                 patience: int, stop_at: float | None, dtype: torch.dtype, workers: int) -> tuple[float, float]:
+    t = RowDCT(layer.size, workers)
     state = state_of(layer)
-    best_map = affine_map(state, t)
-    best, best_state = held.relative_error(best_map), copy_state(state)
-    best_train = train.relative_error(best_map)
-    downstream, upstream, stale = backward_sweep(state, t, train, None, None), None, 0
-    for sweep in range(sweeps):
-        before = copy_state(state)
+    problem = Problem.of(train, state.size, offset=state.b is not None, dtype=dtype)
+    best, best_state, best_train = cascade_error(state, t, held), copy_state(state), math.nan
+    downstream, _ = backward_sweep(state, t, problem, None, damping)
+    upstream, stale = None, 0
+    count = default_sweeps(state.size) if sweeps is None else sweeps
+    for sweep in range(count):
         if upstream is None:
-            upstream = forward_sweep(state, t, train, downstream, damping)
+            upstream, objective = forward_sweep(state, t, problem, downstream, damping)
+            if sweep < count - 1:
+                continue        # held-out checks after each forward + backward pair (and the last sweep)
         else:
-            downstream, upstream = backward_sweep(state, t, train, upstream, damping), None
-        phi = affine_map(state, t)
-        if accelerate > 0 and sweep > 0:
-            trial = _extrapolate(before, state, 1 + accelerate * (sweep + 1) ** (1 / 3))
-            trial_phi = affine_map(trial, t)
-            if train.squared_error(trial_phi) < train.squared_error(phi):
-                state, phi = trial, trial_phi
-                # the stored maps belong to the un-extrapolated state: a forward sweep on fresh downstream maps
-                downstream, upstream = backward_sweep(state, t, train, None, None), None
-        error = held.relative_error(phi)
+            (downstream, objective), upstream = backward_sweep(state, t, problem, upstream, damping), None
+        set_offset(state, t, problem)
+        error = cascade_error(state, t, held)
+        improved = error < best * (1 - tolerance)
         if error < best:
-            best, best_state, best_train, stale = error, copy_state(state), train.relative_error(phi), 0
-            if stop_at is not None and best <= stop_at:
-                break
-        else:
-            stale += 1
-            if stale >= patience:
-                break
+            best, best_state, best_train = error, copy_state(state), problem.relative(objective)
+        stale = 0 if improved else stale + 1
+        if stale >= patience or (stop_at is not None and best <= stop_at):
+            break
+    if math.isnan(best_train):      # no sweep beat the start
+        best_train = cascade_error(best_state, t, train)
     load_state(layer, best_state)
     return best, best_train

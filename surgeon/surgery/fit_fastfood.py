@@ -76,7 +76,7 @@ class _Block:
         zz = features.T @ self.gram @ features
         system = (after @ after.T) * zz
         rhs = (self._residual_cross(features) * after).sum(1)
-        return solve_damped(system, rhs, current, damping)
+        return solve_damped(system, rhs, current, damping)[0]
 
     def fit_gauss(self, damping: float) -> None:
         after = (self.h * self.scale)[:, : self.width]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from surgeon.surgery.fit_acdc import single_threaded_torch
 from surgeon.surgery.moments import Moments
 
 # Eigenvalues of the input covariance below this fraction of the largest are treated as this floor.
@@ -49,8 +50,9 @@ def fit_lowrank(layer, train: Moments, held: Moments) -> tuple[float, float]:
 def rank_curve(moments: Moments, bias: bool = True) -> list[float]:
     """Relative error of the best rank-r map for r = 1 … min(in, out), from one whitened SVD: the error of the
     full-rank fit plus the discarded whitened singular values, ``err²(r) = err²(full) + Σ_{i>r} σ_i² / ‖T‖²``."""
-    u, v, offset = whitened_factors(moments, moments.gram.shape[0] - 1, bias)
-    full = moments.relative_error(torch.cat([v.T @ u.T, offset.unsqueeze(0)])) ** 2
+    with single_threaded_torch():
+        u, v, offset = whitened_factors(moments, moments.gram.shape[0] - 1, bias)
+        full = moments.relative_error(torch.cat([v.T @ u.T, offset.unsqueeze(0)])) ** 2
     sigma = u.pow(2).sum(0)                               # u = V_r Σ^{1/2} has orthogonal columns of norm √σ_i
     tail = sigma.pow(2).flip(0).cumsum(0).flip(0)         # Σ_{i≥r} σ_i²
     tail = torch.cat([tail[1:], tail.new_zeros(1)])       # Σ_{i>r}

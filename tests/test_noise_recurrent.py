@@ -322,3 +322,15 @@ def test_lstm_time_loop_gradients_by_finite_differences(gates, kwargs, clip):
 
     inputs = tuple(t.requires_grad_() for t in (x, h0, c0))
     assert torch.autograd.gradcheck(run, (*inputs, *params), eps=1e-6, atol=1e-5)
+
+
+def test_benchmark_against_a_revision_runs_both_implementations():
+    """``surgeon bench --recurrent --against REV``'s library side: the revision's package is extracted and timed
+    in its own process (no speed claim); an unknown revision is one clear error."""
+    from surgeon.bench.recurrent import VARIANTS, bench_against_revision
+
+    rows = bench_against_revision("HEAD", (4,), batch=2, steps=2, features=3, repeats=1, variants=VARIANTS[1:2])
+    assert [(r.module, r.hidden, r.gates, r.revision) for r in rows] == [("NoisyLSTM", 4, "noisy nan", "HEAD")]
+    assert rows[0].cpu_ms_per_update > 0 and rows[0].revision_cpu_ms_per_update > 0
+    with pytest.raises(RuntimeError, match="cannot read revision"):
+        bench_against_revision("no-such-revision", (4,), repeats=1)

@@ -218,7 +218,7 @@ class _OutputNoise(NamedTuple):
         p = torch.cat([m.p.to(dtype).expand(hidden) for m in gates])
         factor = torch.cat([(m.c.to(dtype) * (1.0 if 1.0 - m.alpha >= 0 else -1.0)).expand(hidden) for m in gates])
         xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
-        noise = (xi if gates[0].mode == "nan" else xi.abs()) * factor
+        noise = (xi if gates[0].mode == "nan" else xi.abs_()).mul_(factor)  # in place: (T, B, k·H) is large
         return _OutputNoise(p, noise, shape, (shape.lo, shape.hi) if clip else None)
 
 
@@ -323,13 +323,13 @@ class _LSTMSequence(torch.autograd.Function):
             h = o * tc
             steps.append((acts, d_acts, half, c_prev, tc, d_tc, half_c, h))
         out = torch.stack([s[-1] for s in steps])
-        ctx.save_for_backward(h0, w_hh)
+        ctx.save_for_backward(h0, w_hh, out)
         ctx.steps = steps
         return out, h.clone(), c.clone()
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor) -> tuple[Any, ...]:
-        h0, w_hh = ctx.saved_tensors
+        h0, w_hh, out = ctx.saved_tensors
         steps = ctx.steps
         d_pres: list[torch.Tensor] = [d_h] * len(steps)
         # ½ ∂loss/∂p summed over the steps, per batch row (summed over the batch once, at the end)
@@ -356,8 +356,10 @@ class _LSTMSequence(torch.autograd.Function):
         d_pre_all = torch.stack(d_pres)
         d_w_hh = None
         if ctx.needs_input_grad[3]:
-            h_prev = torch.stack([h0] + [s[-1] for s in steps[:-1]])
-            d_w_hh = d_pre_all.flatten(0, 1).t().mm(h_prev.flatten(0, 1))
+            # Σ_t δpre_tᵀ h_{t−1}: one GEMM over steps 1…T−1 against the saved outputs, plus step 0 against h0
+            d_w_hh = d_pres[0].t().mm(h0)
+            if len(steps) > 1:
+                d_w_hh.addmm_(d_pre_all[1:].flatten(0, 1).t(), out[:-1].flatten(0, 1))
         return (d_pre_all, d_h, d_c, d_w_hh, *[None if g is None else 2.0 * g.sum(0) for g in grad_p], None)
 
 

@@ -82,6 +82,10 @@ def bench_command(
     recurrent: Annotated[bool, typer.Option("--recurrent", help="Instead: ms per training update of NoisyLSTM "
                                                                  "(batch 64, 26 steps) against nn.LSTM; --sizes "
                                                                  "are hidden sizes.")] = False,
+    against: Annotated[str | None, typer.Option("--against", help="With --recurrent: instead of nn.LSTM, time "
+                                                                   "the update of this git revision's NoisyLSTM "
+                                                                   "(needs the source checkout; e.g. 4392120^, "
+                                                                   "before the fused gates).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
@@ -99,6 +103,8 @@ def bench_command(
     Example: surgeon bench --inference --sizes 32,128,256 --runtimes torch --dct-engine scipy
 
     Example: surgeon bench --recurrent --sizes 64,128
+
+    Example: surgeon bench --recurrent --against 4392120^
     """
     out = Output(quiet, as_json)
 
@@ -125,6 +131,13 @@ def bench_command(
                 names = " and ".join(_choices("--runtimes", runtimes, RUNTIMES) if runtimes else RUNTIMES)
                 title = (f"Inference, fp32, CPU, {THREADS} threads in {names}; speed-up over "
                          "nn.Linear(N, N) in the same runtime")
+            elif recurrent and against:
+                from surgeon.bench.recurrent import bench_against_revision
+
+                results = bench_against_revision(against, tuple(size_list or (64, 128)), batch=batch or 64,
+                                                 repeats=repeats, on_case=note)
+                title = (f"Training update now and at {against}, batch {batch or 64}, 26 steps, CPU fp32 (one "
+                         "thread each, lock-step processes)")
             elif recurrent:
                 from surgeon.bench.recurrent import bench_recurrent
 

@@ -275,3 +275,62 @@ def test_recurrent_benchmark_rows():
     assert all(r.module == "NoisyLSTM" and r.hidden == 8 and r.ms_per_update > 0 and r.times_torch > 0 for r in rows)
     assert set(rows[0].to_dict()) == {"module", "hidden", "gates", "ms_per_update", "torch_ms_per_update",
                                       "times_torch"}
+
+
+@pytest.mark.parametrize("cfg", [{}, {"num_layers": 2, "bidirectional": True, "batch_first": True}])
+def test_soft_lstm_training_gradients_match_torch(cfg):
+    """The hand-written LSTM backward (soft gates) against nn.LSTM's: input, initial state and every parameter."""
+    torch.manual_seed(13)
+    ref = nn.LSTM(5, 6, **cfg).train()
+    ours = NoisyLSTM.from_torch(ref, gates="soft")
+    n_states = cfg.get("num_layers", 1) * (2 if cfg.get("bidirectional") else 1)
+    x = torch.randn(3, 8, 5) * 2
+    h0, c0 = torch.randn(n_states, 3 if cfg.get("batch_first") else 8, 6), torch.randn(n_states, 3 if cfg.get(
+        "batch_first") else 8, 6)
+    grads = []
+    for model in (ref, ours):
+        inputs = [t.clone().requires_grad_() for t in (x, h0, c0)]
+        out, (h_n, c_n) = model(inputs[0], (inputs[1], inputs[2]))
+        (out.sin().sum() + h_n.square().sum() + c_n.cos().sum()).backward()
+        grads.append([t.grad for t in inputs] + [p.grad for _, p in sorted(model.named_parameters())])
+        model.zero_grad()
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads, strict=True):
+        _close(b, a)
+
+
+@pytest.mark.parametrize(("gates", "kwargs", "clip"), [("noisy", {"mode": "nan", "c": 3.0}, False),
+                                                       ("noisy", {"mode": "nah", "c": 3.0}, True),
+                                                       ("hard", {}, False)])
+def test_lstm_time_loop_gradients_by_finite_differences(gates, kwargs, clip):
+    """gradcheck of the whole time loop: input, initial state, recurrent weight and each gate's p, through the
+    outputs and the final state."""
+    torch.manual_seed(14)
+    lstm = NoisyLSTM(3, 2, gates=gates, gate_kwargs=kwargs, clip_gates=clip).double().train()
+    with torch.no_grad():
+        lstm.weight_hh_l0.mul_(3.0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64) * 3
+    h0, c0 = (torch.randn(1, 2, 2, dtype=torch.float64) for _ in range(2))
+    params = [lstm.weight_hh_l0]
+    if gates == "noisy":
+        params += [lstm.gate_activations[0].acts[n].p for n in ("i", "g", "c")]
+
+    def run(x, h0, c0, *ps):
+        torch.manual_seed(15)  # the same noise at every evaluation
+        out, (h_n, c_n) = lstm(x, (h0, c0))
+        return out, h_n, c_n
+
+    inputs = tuple(t.requires_grad_() for t in (x, h0, c0))
+    assert torch.autograd.gradcheck(run, (*inputs, *params), eps=1e-6, atol=1e-5)
+
+
+def test_benchmark_against_a_revision_runs_both_implementations():
+    """``surgeon bench --recurrent --against REV``'s library side: the revision's package is extracted and timed
+    in its own process (no speed claim); an unknown revision is one clear error."""
+    from surgeon.bench.recurrent import VARIANTS, bench_against_revision
+
+    rows = bench_against_revision("HEAD", (4,), batch=2, steps=2, features=3, repeats=1, variants=VARIANTS[1:2])
+    assert [(r.module, r.hidden, r.gates, r.revision) for r in rows] == [("NoisyLSTM", 4, "noisy nan", "HEAD")]
+    assert rows[0].cpu_ms_per_update > 0 and rows[0].revision_cpu_ms_per_update > 0
+    with pytest.raises(RuntimeError, match="cannot read revision"):
+        bench_against_revision("no-such-revision", (4,), repeats=1)

@@ -38,7 +38,8 @@ from surgeon.noise.hard import (
     sgn,
 )
 
-__all__ = ["NOISY_MODES", "HardShape", "NoisyHardSigmoid", "NoisyHardTanh", "output_noise_phi"]
+__all__ = ["NOISY_MODES", "HardShape", "NoisyHardSigmoid", "NoisyHardTanh", "output_noise_phi",
+           "output_noise_phi_parts"]
 
 NOISY_MODES: tuple[str, ...] = ("nan", "nah", "nani", "nanil", "nanis")
 _LEARNED_P_MODES = ("nan", "nah", "nanil")
@@ -69,6 +70,26 @@ class HardShape(NamedTuple):
                          field(lambda m: -m.alpha * m._slope), field(lambda m: -2.0 * m._slope))
 
 
+def output_noise_phi_parts(x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor,
+                           shape: HardShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """φ of the output-noise modes (eq. 4.15) and its derivatives, without autograd: (φ, ∂φ/∂x, ½ ∂φ/∂p).
+
+    Arguments as for :class:`_OutputNoisePhi`; the derivatives are elementwise (x's shape), ∂φ/∂p before summing
+    over the units' other axes. For callers that write their own backward (the noisy LSTM's time loop).
+    """
+    u = torch.addcmul(shape.offset, x, shape.slope)
+    delta = torch.clamp(u, shape.lo, shape.hi).sub_(u)
+    # Where x saturates, sgn(x) = −sgn(Δ), so d = sgn(Δ)·sgn(1 − α); where Δ = 0 the noise term is 0 anyway.
+    sign = torch.sign(delta)
+    centred = torch.sigmoid(p * delta).sub_(0.5)
+    weighted = (noise * sign).mul_(centred)
+    out = u.addcmul_(delta, shape.alpha).addcmul_(weighted, centred)  # u + α Δ + d c ε (s − ½)², in u's storage
+    half_k = weighted.mul_(0.25 - centred.square())  # s (1 − s) = ¼ − (s − ½)²
+    # ∂φ/∂x: slope inside the linear range, (1 − α)·slope + k p Δ' where saturated (half_k is 0 inside).
+    d_x = torch.addcmul(shape.slope, sign.abs_(), shape.minus_alpha_slope).addcmul_(half_k * p, shape.minus_2slope)
+    return out, d_x, half_k.mul_(delta)
+
+
 class _OutputNoisePhi(torch.autograd.Function):
     """φ of the output-noise modes (eq. 4.15) with a hand-written backward: one graph node instead of ~20.
 
@@ -81,19 +102,8 @@ class _OutputNoisePhi(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor, shape: HardShape) -> torch.Tensor:
-        u = torch.addcmul(shape.offset, x, shape.slope)
-        delta = torch.clamp(u, shape.lo, shape.hi) - u
-        # Where x saturates, sgn(x) = −sgn(Δ), so d = sgn(Δ)·sgn(1 − α); where Δ = 0 the noise term is 0 anyway.
-        sign = torch.sign(delta)
-        s = torch.sigmoid(p * delta)
-        centred = s - 0.5
-        weighted = noise * sign * centred
-        out = torch.addcmul(torch.addcmul(u, delta, shape.alpha), weighted, centred)
-        half_k = weighted * (0.25 - centred.square())  # s (1 − s) = ¼ − (s − ½)²
-        # ∂φ/∂x: slope inside the linear range, (1 − α)·slope + k p Δ' where saturated (half_k is 0 inside).
-        d_x = torch.addcmul(torch.addcmul(shape.slope, sign.abs(), shape.minus_alpha_slope), half_k * p,
-                            shape.minus_2slope)
-        ctx.save_for_backward(d_x, half_k * delta)
+        out, d_x, half_d_p = output_noise_phi_parts(x, p, noise, shape)
+        ctx.save_for_backward(d_x, half_d_p)
         ctx.p_shape = p.shape
         return out
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,13 @@ from surgeon.layers.checks import require_floating
 from surgeon.noise.base import NoiseModule, compute_dtype
 from surgeon.noise.hard import hard_sigmoid, hard_tanh
 from surgeon.noise.mollified import MollifiedActivation
-from surgeon.noise.noisy import HardShape, NoisyHardSigmoid, NoisyHardTanh, output_noise_phi
+from surgeon.noise.noisy import (
+    HardShape,
+    NoisyHardSigmoid,
+    NoisyHardTanh,
+    output_noise_phi,
+    output_noise_phi_parts,
+)
 
 __all__ = ["GATE_KINDS", "NoisyGRU", "NoisyGRUCell", "NoisyLSTM", "NoisyLSTMCell"]
 
@@ -194,28 +200,186 @@ def _fused_call(mods: list[nn.Module | None], hidden: int, ref: torch.Tensor, n_
     return call
 
 
-def _output_noise_call(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> GateCall:
-    """Noisy nan/nah gates in training, sigmoid- and tanh-like alike, as one :func:`output_noise_phi` per step.
+class _OutputNoise(NamedTuple):
+    """Noisy nan/nah gates of one fused call, prepared for a forward: per-unit p, the noise of every step
+    (sgn(1 − α)·c·ε, (T, B, k·H)), the per-unit :class:`HardShape` and the clip bounds (None: no clipping)."""
 
-    Their shapes, p and noise factors sgn(1 − α)·c are concatenated per unit; ε of all steps is drawn at once.
-    """
-    dtype = compute_dtype(ref)
-    gates = [m for m in mods if isinstance(m, (NoisyHardSigmoid, NoisyHardTanh))]
-    shape = HardShape.of(gates, hidden, torch.empty(0, dtype=dtype, device=ref.device))
-    p = torch.cat([m.p.to(dtype).expand(hidden) for m in gates])
-    factor = torch.cat([(m.c.to(dtype) * (1.0 if 1.0 - m.alpha >= 0 else -1.0)).expand(hidden) for m in gates])
-    xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
-    noise = ((xi if gates[0].mode == "nan" else xi.abs()) * factor).unbind(0)
-    bounds = (shape.lo, shape.hi) if clip else None
-    cast = dtype != ref.dtype
+    p: torch.Tensor
+    noise: torch.Tensor
+    shape: HardShape
+    bounds: tuple[torch.Tensor, torch.Tensor] | None
+
+    @staticmethod
+    def of(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> _OutputNoise:
+        """Concatenate the gates' shapes, p and noise factors per unit; ε of all steps is drawn at once."""
+        dtype = compute_dtype(ref)
+        gates = [m for m in mods if isinstance(m, (NoisyHardSigmoid, NoisyHardTanh))]
+        shape = HardShape.of(gates, hidden, torch.empty(0, dtype=dtype, device=ref.device))
+        p = torch.cat([m.p.to(dtype).expand(hidden) for m in gates])
+        factor = torch.cat([(m.c.to(dtype) * (1.0 if 1.0 - m.alpha >= 0 else -1.0)).expand(hidden) for m in gates])
+        xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
+        noise = (xi if gates[0].mode == "nan" else xi.abs_()).mul_(factor)  # in place: (T, B, k·H) is large
+        return _OutputNoise(p, noise, shape, (shape.lo, shape.hi) if clip else None)
+
+
+def _output_noise_call(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> GateCall:
+    """Noisy nan/nah gates in training, sigmoid- and tanh-like alike, as one :func:`output_noise_phi` per step."""
+    gates = _OutputNoise.of(mods, hidden, ref, n_steps, clip)
+    noise = gates.noise.unbind(0)
+    cast = gates.p.dtype != ref.dtype
 
     def call(x: torch.Tensor, t: int) -> torch.Tensor:
-        out = output_noise_phi(x.to(dtype) if cast else x, p, noise[t], shape)
-        if bounds is not None:
-            out = torch.clamp(out, *bounds)
+        out = output_noise_phi(x.to(gates.p.dtype) if cast else x, gates.p, noise[t], gates.shape)
+        if gates.bounds is not None:
+            out = torch.clamp(out, *gates.bounds)
         return out.to(ref.dtype) if cast else out
 
     return call
+
+
+class _Gate(NamedTuple):
+    """An elementwise gate of the hand-written LSTM time loop: ``step(pre (B, k·H), t)`` -> (activations,
+    ∂act/∂pre, ½ ∂act/∂p before summing over the batch, or None where the gate learns no p); ``p`` the learned
+    per-unit parameter (k·H) or None."""
+
+    step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    p: torch.Tensor | None = None
+
+
+_SHAPES = {"sigmoid": (0.25, 0.5, 0.0, 1.0), "tanh": (1.0, 0.0, -1.0, 1.0)}  # slope, offset, lo, hi of h
+
+
+def _soft_gate(bases: Sequence[str], hidden: int) -> _Gate:
+    """sigmoid on the sigmoid blocks, tanh on the tanh blocks (the LSTM's g, or c)."""
+    tanh = [slice(k * hidden, (k + 1) * hidden) for k, b in enumerate(bases) if b == "tanh"]
+
+    def step(pre: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        if len(tanh) == len(bases):
+            out = torch.tanh(pre)
+            return out, 1.0 - out.square(), None
+        out = torch.sigmoid(pre)
+        d_x = out * (1.0 - out)
+        for block in tanh:
+            th = torch.tanh(pre[:, block])
+            out[:, block] = th
+            d_x[:, block] = 1.0 - th.square()
+        return out, d_x, None
+
+    return _Gate(step)
+
+
+def _hard_gate(bases: Sequence[str], hidden: int, ref: torch.Tensor) -> _Gate:
+    """hard-sigmoid / hard-tanh (eqs. 4.3–4.4) per block: clip(slope·x + offset, lo, hi)."""
+    slope, offset, lo, hi = (torch.tensor([_SHAPES[b][k] for b in bases], dtype=ref.dtype, device=ref.device)
+                             .repeat_interleave(hidden) for k in range(4))
+
+    def step(pre: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        u = torch.addcmul(offset, pre, slope)
+        return torch.clamp(u, lo, hi), slope * ((u >= lo) & (u <= hi)), None  # torch.clamp's gradient
+
+    return _Gate(step)
+
+
+def _output_noise_gate(gates: _OutputNoise) -> _Gate:
+    """Noisy nan/nah gates (eq. 4.15) of one fused call; a clipped gate passes no gradient where it is clipped."""
+
+    def step(pre: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, d_x, half_d_p = output_noise_phi_parts(pre, gates.p, gates.noise[t], gates.shape)
+        if gates.bounds is not None:
+            clipped = torch.clamp(out, *gates.bounds)
+            outside = clipped != out  # torch.clamp passes the gradient on the bounds themselves
+            return clipped, d_x.masked_fill_(outside, 0.0), half_d_p.masked_fill_(outside, 0.0)
+        return out, d_x, half_d_p
+
+    return _Gate(step, gates.p)
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """The LSTM time loop of one layer and direction as one autograd node, with backpropagation through time
+    written out: per step, forward one addmm and the gates' elementwise ops (their derivatives alongside), backward a
+    few products and one mm; no autograd graph per step. W_hh's gradient is one GEMM over all steps.
+
+    forward(xp (T, B, 4H) input projections incl. both biases, h0, c0 (B, H), w_hh (4H, H), p_gates (4H) | None,
+    p_cell (H) | None, gates (:class:`_Gate` on (B, 4H) in i, f, g, o order; T_c on (B, H))) -> (outputs (T, B, H),
+    h_T, c_T). With a = gates(pre_t), pre_t = xp_t + W_hh h_{t−1}: c_t = a_f c_{t−1} + a_i a_g, h_t = a_o T_c(c_t);
+    backward: δc_t = δh_t a_o T_c'(c_t) + δc_{t+1} a_f(t+1), δpre_t = (δc_t a_g, δc_t c_{t−1}, δc_t a_i, δh_t T_c(c_t))
+    ⊙ ∂a/∂pre, δh_{t−1} = δpre_t W_hh + δout_{t−1}. Per-step tensors stay small (cache-resident); one (T, B, 4H)
+    buffer per step would be re-faulted from the OS on every update. Checked by ``gradcheck`` and against ``nn.LSTM``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+                p_gates: torch.Tensor | None, p_cell: torch.Tensor | None,
+                gates: tuple[_Gate, _Gate]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gate, cell = gates
+        w_t = w_hh.t()
+        h, c = h0, c0
+        steps: list[tuple[Any, ...]] = []
+        for t, x_t in enumerate(xp.unbind(0)):
+            acts, d_acts, half = gate.step(torch.addmm(x_t, h, w_t), t)
+            i, f, g, o = acts.chunk(4, dim=-1)
+            c_prev, c = c, torch.addcmul(f * c, i, g)
+            tc, d_tc, half_c = cell.step(c, t)
+            h = o * tc
+            steps.append((acts, d_acts, half, c_prev, tc, d_tc, half_c, h))
+        out = torch.stack([s[-1] for s in steps])
+        ctx.save_for_backward(h0, w_hh, out)
+        ctx.steps = steps
+        return out, h.clone(), c.clone()
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor) -> tuple[Any, ...]:
+        h0, w_hh, out = ctx.saved_tensors
+        steps = ctx.steps
+        d_pres: list[torch.Tensor] = [d_h] * len(steps)
+        # ½ ∂loss/∂p summed over the steps, per batch row (summed over the batch once, at the end)
+        grad_p = [None if s is None or not ctx.needs_input_grad[4 + k] else torch.zeros_like(s)
+                  for k, s in enumerate(steps[0][2::4])]
+        for t in range(len(steps) - 1, -1, -1):
+            acts, d_acts, half, c_prev, tc, d_tc, half_c, _ = steps[t]
+            i, f, g, o = acts.chunk(4, dim=-1)
+            d_h = d_h + d_out[t]
+            d_tanh = d_h * o
+            d_c = torch.addcmul(d_c, d_tanh, d_tc)
+            d_acts_t = torch.empty_like(acts)
+            d_i, d_f, d_g, d_o = d_acts_t.chunk(4, dim=-1)
+            torch.mul(d_c, g, out=d_i)
+            torch.mul(d_c, c_prev, out=d_f)
+            torch.mul(d_c, i, out=d_g)
+            torch.mul(d_h, tc, out=d_o)
+            d_c = d_c * f
+            d_pres[t] = d_pre = d_acts_t * d_acts
+            d_h = d_pre.mm(w_hh)
+            for acc, grad, part in zip(grad_p, (d_acts_t, d_tanh), (half, half_c), strict=True):
+                if acc is not None:
+                    acc.addcmul_(grad, part)
+        d_pre_all = torch.stack(d_pres)
+        d_w_hh = None
+        if ctx.needs_input_grad[3]:
+            # Σ_t δpre_tᵀ h_{t−1}: one GEMM over steps 1…T−1 against the saved outputs, plus step 0 against h0
+            d_w_hh = d_pres[0].t().mm(h0)
+            if len(steps) > 1:
+                d_w_hh.addmm_(d_pre_all[1:].flatten(0, 1).t(), out[:-1].flatten(0, 1))
+        return (d_pre_all, d_h, d_c, d_w_hh, *[None if g is None else 2.0 * g.sum(0) for g in grad_p], None)
+
+
+def _fused_lstm_gates(kind: str, group: _GateActivations | None, suffix: str, hidden: int, ref: torch.Tensor,
+                      n_steps: int, clip: bool) -> tuple[_Gate, _Gate] | None:
+    """The gates of :class:`_LSTMSequence` for one layer and direction, or None where the LSTM takes the generic
+    time loop: mollified gates, noisy gates in eval or in the input-noise modes, reduced precision, no autograd."""
+    if compute_dtype(ref) != ref.dtype or torch.jit.is_tracing() or not torch.is_grad_enabled():
+        return None
+    bases = [[_LSTM.gates[n] for n in names] for names in _LSTM.merged]
+    if group is None:
+        if kind == "soft":
+            return _soft_gate(bases[0], hidden), _soft_gate(bases[1], hidden)
+        return _hard_gate(bases[0], hidden, ref), _hard_gate(bases[1], hidden, ref)
+    first = group.acts[_LSTM.merged[0][0] + suffix]
+    if kind != "noisy" or not first.training or getattr(first, "mode", None) not in ("nan", "nah"):
+        return None
+    gate, cell = (_OutputNoise.of([group.acts[n + suffix] for n in names], hidden, ref, n_steps, clip)
+                  for names in _LSTM.merged)
+    return _output_noise_gate(gate), _output_noise_gate(cell)
 
 
 def _gate_calls(rec: _Recurrence, kind: str, group: _GateActivations | None, suffix: str, hidden: int,
@@ -417,8 +581,7 @@ class _NoisyRNNBase(_GatedBase):
                 reverse = sfx == "_reverse"
                 if reverse:
                     xp = _reverse_time(xp, rev_idx)
-                calls = self._calls(group, sfx, x, n_steps)
-                out, state = _run_direction(self._rec, xp, state, w_hh, b_hh, calls, valid)
+                out, state = self._direction(group, sfx, x, xp, state, w_hh, b_hh, valid)
                 dir_outs.append(_reverse_time(out, rev_idx) if reverse else out)
                 for f_list, s in zip(finals, state, strict=True):
                     f_list.append(s)
@@ -436,6 +599,21 @@ class _NoisyRNNBase(_GatedBase):
         elif self.batch_first:
             output = layer_in.transpose(0, 1)
         return output, final
+
+    def _direction(self, group: _GateActivations | None, sfx: str, x: torch.Tensor, xp: torch.Tensor, state: State,
+                   w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+                   valid: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One layer and direction over xp (T, B, G·H): the LSTM's hand-written time loop where it applies (see
+        :class:`_LSTMSequence`), else the generic one."""
+        n_steps = xp.shape[0]
+        gates = None
+        if self._rec is _LSTM and valid is None:
+            gates = _fused_lstm_gates(self.gates, group, sfx, self.hidden_size, x, n_steps, self.clip_gates)
+        if gates is None:
+            return _run_direction(self._rec, xp, state, w_hh, b_hh, self._calls(group, sfx, x, n_steps), valid)
+        out, h, c = _LSTMSequence.apply(xp if b_hh is None else xp + b_hh, *state, w_hh, gates[0].p, gates[1].p,
+                                        gates)
+        return out, (h, c)
 
     @staticmethod
     def _repack(out: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:

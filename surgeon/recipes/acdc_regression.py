@@ -18,7 +18,16 @@ from torch import nn
 
 from surgeon.layers import ACDCLinear
 from surgeon.recipes import plotting
-from surgeon.recipes.engine import RecipeContext, count_parameters, finite, run_jobs, spread, train, unwrap
+from surgeon.recipes.engine import (
+    RecipeContext,
+    count_parameters,
+    fall_over_last_quarter,
+    finite,
+    run_jobs,
+    spread,
+    train,
+    unwrap,
+)
 
 
 def make_data(ctx: RecipeContext, n_samples: int, size: int, noise_std: float) -> tuple[torch.Tensor, ...]:
@@ -78,7 +87,7 @@ def _fit_one(ctx: RecipeContext, *, model_name: str, seed: int, n_samples: int, 
 
 def run(ctx: RecipeContext, *, n_samples: int = 10000, size: int = 32, noise_std: float = 0.01,
         depths: Sequence[int] = (1, 2, 4, 8, 16, 32), inits: dict[str, float] | None = None,
-        seeds: Sequence[int] = (0, 1, 2), steps: int = 2000, batch_size: int = 250, lr: float = 0.01,
+        seeds: Sequence[int] = (0, 1, 2), steps: int = 6000, batch_size: int = 250, lr: float = 0.01,
         workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
     """Train every (init, K) cascade and the dense baseline on every seed (Adam + cosine decay, the same budget
     for all); report the final full-data MSE, mean ± spread, and how much each still fell over the last quarter."""
@@ -91,20 +100,11 @@ def run(ctx: RecipeContext, *, n_samples: int = 10000, size: int = 32, noise_std
     results = run_jobs(ctx, _fit_one, jobs, workers=workers)
     runs = {n: [r for r in results if r["model"] == n] for n in names}
 
-    def still_falling(rs: list[dict[str, Any]]) -> float | None:
-        """Mean ratio of the loss at 3/4 of the run to the final loss (1 = flat, i.e. converged at this budget)."""
-        ratios = []
-        for r in rs:
-            c = r["curve"]["train_loss"]
-            if c and c[-1] and c[(3 * len(c)) // 4 - 1]:
-                ratios.append(c[(3 * len(c)) // 4 - 1] / c[-1])
-        return sum(ratios) / len(ratios) if ratios else None
-
     summary: dict[str, Any] = {init: {str(k): spread([r["final_loss"] for r in runs[f"{init}/K={k}"]])
                                       for k in depths} for init in inits}
     summary["dense"] = spread([r["final_loss"] for r in runs["dense"]])
     summary["least_squares_optimum"] = spread([r["least_squares_optimum"] for r in runs["dense"]])
-    convergence = {n: still_falling(rs) for n, rs in runs.items()}
+    convergence = {n: fall_over_last_quarter([r["curve"]["train_loss"] for r in rs]) for n, rs in runs.items()}
     metrics = {"summary": summary, "runs": runs, "seeds": list(seeds), "fall_over_last_quarter": convergence}
 
     def draw(path: str) -> None:

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -132,7 +139,11 @@ class RecipeContext:
             return DataLoader(dataset, batch_size=local, sampler=sampler, drop_last=False)
         gen = torch.Generator()
         gen.manual_seed(self.seed + epoch_seed)
-        return DataLoader(dataset, batch_size=local, shuffle=shuffle, generator=gen, drop_last=False)
+        # Batches fetched by index lists (one tensor gather per batch, not one __getitem__ per example); the same
+        # batches in the same order as DataLoader(batch_size=local, shuffle=shuffle, generator=gen).
+        sampler = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, sampler=BatchSampler(sampler, local, drop_last=False), batch_size=None,
+                          generator=gen)
 
     def mean(self, value: float) -> float:
         """Average a scalar over ranks (identity in a single process)."""
@@ -310,6 +321,16 @@ def spread(values: list[float | None]) -> dict[str, Any]:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "missing": len(values)}
     return {"mean": float(np.mean(known)), "std": float(np.std(known, ddof=1)) if len(known) > 1 else 0.0,
             "min": min(known), "max": max(known), "n": len(known), "missing": len(values) - len(known)}
+
+
+def fall_over_last_quarter(curves: list[list[float | None]]) -> float | None:
+    """Mean over seeds of (value at 3/4 of the run) / (final value) of recorded curves: 1.0 = flat over the last
+    quarter (converged at this budget), 2.0 = it still halved. None when no curve has both values."""
+    ratios = []
+    for c in curves:
+        if c and c[-1] and c[(3 * len(c)) // 4 - 1]:
+            ratios.append(c[(3 * len(c)) // 4 - 1] / c[-1])
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 def finite(value: float) -> float | None:

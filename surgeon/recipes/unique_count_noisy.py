@@ -32,7 +32,17 @@ from torch import nn
 from surgeon.noise import Annealer, NoisyLSTM
 from surgeon.noise.annealer import inv_sqrt_every
 from surgeon.recipes import data, plotting
-from surgeon.recipes.engine import RecipeContext, count_parameters, evaluate, finite, run_jobs, spread, train, unwrap
+from surgeon.recipes.engine import (
+    RecipeContext,
+    count_parameters,
+    evaluate,
+    fall_over_last_quarter,
+    finite,
+    run_jobs,
+    spread,
+    train,
+    unwrap,
+)
 
 
 class UniqueCounter(nn.Module):
@@ -113,9 +123,9 @@ def plateau_exit(steps: list[int], errors: list[float], majority: float, margin:
 
 def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 20000, n_test: int = 4000,
         embed: int = 16, hidden: int = 64, mlp: int = 64, variants: tuple[str, ...] = tuple(VARIANTS),
-        seeds: tuple[int, ...] = (0, 1, 2), steps: int = 3000, batch_size: int = 64, lr: float = 3e-3,
+        seeds: tuple[int, ...] = (0, 1, 2), steps: int = 5000, batch_size: int = 64, lr: float = 3e-3,
         c0: float = 30.0, c_min: float = 0.5, floor_at: float = 0.8, clip_norm: float = 5.0,
-        clip_gates: bool = True, evals: int = 30, plateau_margin: float = 0.1,
+        clip_gates: bool = True, evals: int = 25, plateau_margin: float = 0.1,
         workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
     """Train every variant on every seed for ``steps`` Adam updates; report error and plateau exit, mean ± spread.
 
@@ -136,7 +146,10 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
     majority = spread([r["majority"] for r in results])
     summary: dict[str, Any] = {
         v: {"test_error": spread([r["test_error"] for r in rs]),
-            "plateau_exit_update": spread([r["plateau_exit"] for r in rs])} for v, rs in runs.items()}
+            "plateau_exit_update": spread([r["plateau_exit"] for r in rs]),
+            "train_loss_fall_over_last_quarter": fall_over_last_quarter([r["curve"]["train_loss"] for r in rs]),
+            "test_error_fall_over_last_quarter": fall_over_last_quarter([r["curve"]["test_error"] for r in rs])}
+        for v, rs in runs.items()}
     summary["majority_class_error"] = majority["mean"]
     metrics = {"summary": summary, "runs": runs, "seeds": list(seeds), "annealing_every": every,
                "classes": min(length, high + 1)}

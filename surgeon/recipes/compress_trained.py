@@ -21,6 +21,7 @@ from torch import nn
 from surgeon.recipes import compress_tasks, plotting
 from surgeon.recipes.engine import RecipeContext, count_parameters
 
+PARTS = ("digits_mlp", "gpt2", "vit")
 STRUCTURES = ("acdc", "fastfood", "lowrank", "lowrank_at_fastfood")
 # low-rank baselines and the structure whose per-layer parameter counts they match
 MATCHED = {"lowrank": "acdc", "lowrank_at_fastfood": "fastfood"}
@@ -99,11 +100,15 @@ def _part(ctx: RecipeContext, build: Callable[..., compress_tasks.Task], params:
     return summary
 
 
-def run(ctx: RecipeContext, *, digits_mlp: dict[str, Any], gpt2: dict[str, Any], vit: dict[str, Any]
-        ) -> tuple[dict[str, Any], Callable[[str], None]]:
-    parts = {"digits_mlp": (compress_tasks.digits_mlp, digits_mlp), "gpt2": (compress_tasks.gpt2, gpt2),
-             "vit": (compress_tasks.vit, vit)}
-    summary = {name: _part(ctx, build, params) for name, (build, params) in parts.items()}
+def run(ctx: RecipeContext, *, digits_mlp: dict[str, Any], gpt2: dict[str, Any], vit: dict[str, Any],
+        parts: Sequence[str] = PARTS) -> tuple[dict[str, Any], Callable[[str], None]]:
+    """``parts``: which of the three models to compress (all by default; one per process runs them in parallel)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        raise ValueError(f"parts must name some of {', '.join(PARTS)}; got {list(parts)!r}")
+    builds = {"digits_mlp": (compress_tasks.digits_mlp, digits_mlp), "gpt2": (compress_tasks.gpt2, gpt2),
+              "vit": (compress_tasks.vit, vit)}
+    summary = {name: _part(ctx, *builds[name]) for name in PARTS if name in parts}
 
     def draw(path: str) -> None:
         fig, axes = plotting.figure(len(summary), width=4.6)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from surgeon.recipes.compress_trained import MATCHED, STRUCTURES
 from surgeon.recipes.runner import run_recipe
 
@@ -31,3 +33,9 @@ def test_compress_trained_quick(tmp_path) -> None:
             # same size as the reference, to within one rank per layer: r·(in + out) for the largest layer
             low, ref = summary[part][baseline]["layer_params"], summary[part][reference]["layer_params"]
             assert ref - layers * 2 * 512 < low <= ref
+
+
+def test_compress_trained_refuses_unknown_parts(tmp_path) -> None:
+    with pytest.raises(ValueError, match="parts must name some of digits_mlp, gpt2, vit"):
+        run_recipe("compress_trained", quick=True, out_dir=tmp_path, progress=False, overrides={"parts": ["bert"]})
+    assert not (tmp_path / "metrics.json").exists()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from surgeon.recipes import compress_tasks, plotting
@@ -112,13 +113,15 @@ def run(ctx: RecipeContext, *, digits_mlp: dict[str, Any], gpt2: dict[str, Any],
               "vit": (compress_tasks.vit, vit)}
     summary = {name: _part(ctx, *builds[name]) for name in PARTS if name in parts}
 
-    def draw(path: str) -> None:
-        fig, axes = plotting.figure(len(summary), width=4.6)
-        for ax, (name, part) in zip(axes, summary.items(), strict=True):
-            _draw_part(ax, name, part)
-        plotting.save(fig, path, "dense → fit → distill: parameters in the converted layers vs the task metric")
+    return {"summary": summary}, lambda path: draw(summary, path)
 
-    return {"summary": summary}, draw
+
+def draw(summary: dict[str, Any], path: str) -> None:
+    """The recipe's figure from its summary (also from several runs' summaries merged: one panel per model)."""
+    fig, axes = plotting.figure(len(summary), width=4.6)
+    for ax, (name, part) in zip(axes, summary.items(), strict=True):
+        _draw_part(ax, name, part)
+    plotting.save(fig, path, "dense → fit → distill")
 
 
 def _draw_part(ax: Any, name: str, part: dict[str, Any]) -> None:
@@ -131,6 +134,7 @@ def _draw_part(ax: Any, name: str, part: dict[str, Any]) -> None:
         ax.scatter([x], [entry["after_distill"]], color=line.get_color(), label=structure)
     ax.axhline(part["dense"]["metric"], color="black", linestyle="--", linewidth=1, label="dense")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())   # the minor ticks' labels overlap on a short log axis
     if not part["higher_is_better"]:
         ax.set_yscale("log")
     ax.set_title(f"{name} (hollow: after fit; filled: distilled)", fontsize=8)

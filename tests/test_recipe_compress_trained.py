@@ -1,11 +1,17 @@
-"""Recipe ``compress_trained`` in quick mode: every structure goes dense → fit → distill and is measured."""
+"""Recipe ``compress_trained`` in quick mode: on each of its three trained models (digits MLP, HF GPT-2, timm ViT)
+every structure goes dense → fit → distill and is measured, the low-rank baselines at their references' sizes."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import pytest
+
+from surgeon.recipes.compress_trained import MATCHED, STRUCTURES
 from surgeon.recipes.runner import run_recipe
+
+CONVERTED = {"digits_mlp": 2, "gpt2": 8, "vit": 8}   # hidden Linears; GPT-2 Conv1D projections; ViT qkv/proj/fc1/fc2
 
 
 def test_compress_trained_quick(tmp_path) -> None:
@@ -13,11 +19,23 @@ def test_compress_trained_quick(tmp_path) -> None:
     summary = json.loads((tmp_path / "metrics.json").read_text())["summary"]
     assert summary == metrics["summary"]
     assert (tmp_path / "compress_trained.png").read_bytes()[:4] == b"\x89PNG"
-    for kind in ("acdc", "fastfood", "lowrank"):
-        stage = summary[kind]
-        assert stage["params"] < summary["dense"]["params"]
-        assert all(math.isfinite(e) for e in stage["fit_errors"])
-        assert 0 <= stage["after_fit"] <= 1 and 0 <= stage["after_distill"] <= 1
-        lm = summary["gpt2"][kind]   # every GPT-2 block projection (HF Conv1D) converted and measured
-        assert lm["layers"] == 8 and lm["layer_params"] < lm["dense_layer_params"]
-        assert math.isfinite(lm["after_fit"]) and math.isfinite(lm["after_distill"])
+    assert set(summary) == set(CONVERTED)
+    for part, layers in CONVERTED.items():
+        dense = summary[part]["dense"]
+        for structure in STRUCTURES:
+            stage = summary[part][structure]
+            assert stage["layers"] == layers, (part, structure)
+            assert stage["layer_params"] < stage["dense_layer_params"]
+            assert stage["params"] == dense["params"] - stage["dense_layer_params"] + stage["layer_params"]
+            assert all(math.isfinite(e) for e in stage["fit_errors"])
+            assert math.isfinite(stage["after_fit"]) and math.isfinite(stage["after_distill"])
+        for baseline, reference in MATCHED.items():
+            # same size as the reference, to within one rank per layer: r·(in + out) for the largest layer
+            low, ref = summary[part][baseline]["layer_params"], summary[part][reference]["layer_params"]
+            assert ref - layers * 2 * 512 < low <= ref
+
+
+def test_compress_trained_refuses_unknown_parts(tmp_path) -> None:
+    with pytest.raises(ValueError, match="parts must name some of digits_mlp, gpt2, vit"):
+        run_recipe("compress_trained", quick=True, out_dir=tmp_path, progress=False, overrides={"parts": ["bert"]})
+    assert not (tmp_path / "metrics.json").exists()

@@ -24,8 +24,8 @@ def test_fp16_export_halves_the_numbers_and_matches_torch_fp16(tmp_path):
     full = export_onnx(model, x, tmp_path / "fp32.onnx")
     half = export_onnx(model, x, tmp_path / "fp16.onnx", dtype=torch.float16)
     assert half.passed and half.max_rel_error <= 1e-2 and half.tolerance == 1e-2
-    assert half.file_bytes < 0.75 * full.file_bytes
-    # The numbers themselves halve exactly; the graph (~700 nodes, ~90 KB of names here) does not shrink.
+    assert half.file_bytes < 0.7 * full.file_bytes
+    # The numbers themselves halve exactly; the graph (~700 nodes and their names) does not shrink.
     assert _float_initializer_bytes(tmp_path / "fp16.onnx") * 2 == _float_initializer_bytes(tmp_path / "fp32.onnx")
     assert model[0].a.dtype == torch.float32  # the caller's model is not converted
     session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])

@@ -97,6 +97,13 @@ def _flatten_outputs(out: Any) -> list[torch.Tensor]:
                       f"{type(out).__name__}")
 
 
+def _tensors_or_tuples(out: Any) -> bool:
+    """Whether the exporters take ``out`` as it is: a tensor or (nested) tuples and lists of tensors."""
+    if isinstance(out, torch.Tensor):
+        return True
+    return isinstance(out, (tuple, list)) and all(_tensors_or_tuples(item) for item in out)
+
+
 class _TupleOutputs(nn.Module):
     """The model with its outputs flattened to a tuple of tensors, the one output form every exporter accepts."""
 
@@ -237,8 +244,12 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 def _export_checked(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, opset: int,
                     dynamic_batch: bool, check: bool, exporter: str, tolerance: float) -> ExportResult:
     with torch.inference_mode():
-        n_outputs = len(_flatten_outputs(model(*inputs)))
-    lowered = _TupleOutputs(lower_for_export(model))
+        sample = model(*inputs)
+    n_outputs = len(_flatten_outputs(sample))
+    lowered = lower_for_export(model)
+    if not _tensors_or_tuples(sample):
+        # Only then: the wrapper prefixes every initializer's name with "model.", which costs bytes in the file.
+        lowered = _TupleOutputs(lowered)
     input_names = [f"input_{i}" for i in range(len(inputs))]
     output_names = [f"output_{i}" for i in range(n_outputs)]
     directory = os.path.dirname(os.path.abspath(path))
@@ -299,9 +310,10 @@ def _export(lowered: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, ops
                                       input_names=input_names, output_names=output_names, dynamic_axes=axes,
                                       do_constant_folding=False)
             else:
-                # One entry: _TupleOutputs takes the inputs as varargs, which torch.export sees as one tuple.
                 batch = torch.export.Dim("batch")
-                shapes = (tuple({0: batch} for _ in inputs),) if dynamic_batch else None
+                shapes = tuple({0: batch} for _ in inputs) if dynamic_batch else None
+                if shapes is not None and isinstance(lowered, _TupleOutputs):
+                    shapes = (shapes,)  # its varargs reach torch.export as one tuple argument
                 program = torch.onnx.export(lowered, inputs, dynamo=True, opset_version=opset,
                                             input_names=input_names, output_names=output_names,
                                             dynamic_shapes=shapes, optimize=False, verbose=False)

@@ -47,12 +47,8 @@ MATMUL_MAX_WORK = 2**18       # rows · N² multiply-adds under which a GEMM sti
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
-    """A plain CPU tensor outside compilation, tracing and ONNX export: numpy may see it, and Python-side
-    choices (engines, caches) made on it are not baked into a graph."""
-    return _scipy_usable(x)
-
-
-def _scipy_usable(x: torch.Tensor) -> bool:
+    """A plain real CPU tensor outside compilation, tracing and ONNX export: numpy (scipy's engine) may see it, and
+    Python-side choices (engines, caches) made on it are not baked into a graph."""
     if x.device.type != "cpu" or x.is_complex():
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -106,13 +102,13 @@ def resolve_engine(x: torch.Tensor, engine: Engine = "auto") -> str:
     """The engine that will run for ``x``: the argument, else ``SURGEON_DCT_ENGINE``, else automatic."""
     engine = _requested(engine)  # type: ignore[assignment]
     if engine == "auto":
-        if not _scipy_usable(x):
+        if not eager_cpu(x):
             return "torch"
         n = x.shape[-1]
         return "matmul" if matmul_wins(n, x.numel() // max(n, 1)) else "scipy"
     if engine == "matmul" and x.is_complex():
         raise ValueError("the matmul DCT engine needs a real tensor")
-    if engine == "scipy" and not _scipy_usable(x):
+    if engine == "scipy" and not eager_cpu(x):
         raise ValueError("the scipy DCT engine needs a plain CPU tensor outside tracing/compilation")
     return engine
 
@@ -162,7 +158,7 @@ class InPlaceDCT:
     """
 
     def __init__(self, rows: torch.Tensor) -> None:
-        self.engine = resolve_engine(rows) if _scipy_usable(rows) else "torch"
+        self.engine = resolve_engine(rows) if eager_cpu(rows) else "torch"
         if self.engine == "matmul":
             c = compute_dtype(rows.dtype)
             self.matrices = {kind: transform_matrix(rows.shape[-1], kind, c, rows.device) for kind in (2, 3)}

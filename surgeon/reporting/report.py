@@ -160,15 +160,17 @@ def _running_statistics_where_needed(model: nn.Module) -> Iterator[None]:
     head) cannot compute batch statistics and raises; for that call only it uses its running statistics, as
     ``eval()`` would. Every other call runs exactly as in training."""
 
+    switched: set[nn.Module] = set()
+
     def pre(module: nn.Module, args: tuple) -> None:
         x = args[0] if args else None
         if module.training and isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() == x.shape[1]:
             module.train(False)
-            module._surgeon_report_restore = True
+            switched.add(module)
 
     def post(module: nn.Module, args: tuple, output: Any) -> None:
-        if getattr(module, "_surgeon_report_restore", False):
-            del module._surgeon_report_restore
+        if module in switched:
+            switched.discard(module)
             module.train(True)
 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

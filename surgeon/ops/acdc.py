@@ -27,7 +27,8 @@ import torch
 
 from surgeon.ops.dct import InPlaceDCT, eager_cpu
 from surgeon.ops.dense_cascade import dense_cascade_forward, dense_matrices
-from surgeon.ops.threads import serial_on_cached_rows
+from surgeon.ops.threads import row_blocks, serial_on_cached_rows, serial_torch
+from surgeon.ops.workspace import rows_buffer
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
 
 __all__ = ["ACTIVATIONS", "RecomputingCascade", "acdc_cascade_backward", "acdc_cascade_backward_saved",
@@ -55,43 +56,56 @@ def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.
     return acdc_cascade_ref(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none")
 
 
-@serial_on_cached_rows
 def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                          perms: torch.Tensor | None, activation: str, reused: bool = False) -> torch.Tensor:
     """Forward of a K-factor cascade: x (M, N); a, d, b (K, N); perms (K-1, N) int64 or None -> (M, N).
 
-    Works in two ping-pong buffers whatever K (memory-bound: allocations and passes cost more than FLOPs); at
-    small N one GEMM per factor against dense factor matrices instead (:mod:`surgeon.ops.dense_cascade`).
+    Works in place in the output and one scratch block whatever K (memory-bound: allocations and passes cost
+    more than FLOPs), a block of rows through every factor at a time on CPU (:func:`row_blocks`); at small N one
+    GEMM per factor against dense factor matrices instead (:mod:`surgeon.ops.dense_cascade`).
     ``reused``: the caller expects the parameters to serve many calls (inference), which repays the matrices.
     """
-    depth = a.shape[0]
-    activate_ = activation_spec(activation).apply_
     if eager_cpu(x):
         matrices = dense_matrices(a, d, b, perms, activation, x.shape[0], reused)
         if matrices is not None:
-            return dense_cascade_forward(x, matrices, activation)
-    with torch.no_grad():
-        h = torch.mul(x, a[0])
-        transform_ = InPlaceDCT(h)
-        scratch = torch.empty_like(h) if perms is not None and depth > 1 else None
-        for k in range(depth):
-            _factor_(h, d[k], None if b is None else b[k], transform_)
-            if k == depth - 1:
-                break
-            activate_(h)
-            if scratch is not None:
-                _permute_columns(h, perms[k], out=scratch)
-                torch.mul(scratch, a[k + 1], out=h)
-            else:
-                h.mul_(a[k + 1])
+            return _dense_forward(x, matrices, activation)
+    activate_ = activation_spec(activation).apply_
+    out = _rows_like(x)
+    blocks = row_blocks(x.shape[0], x.shape[-1], eager_cpu(x))
+    with serial_torch(x), torch.no_grad():
+        transform_ = InPlaceDCT(out[blocks[0]])
+        scratch = torch.empty_like(out[blocks[0]]) if perms is not None and a.shape[0] > 1 else None
+        for rows in blocks:
+            h = torch.mul(x[rows], a[0], out=out[rows])
+            _cascade_rows_(h, a, d, b, perms, activate_, transform_, None if scratch is None else scratch[: len(h)])
+    return out
+
+
+_dense_forward = serial_on_cached_rows(dense_cascade_forward)
+
+
+def _cascade_rows_(h: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
+                   perms: torch.Tensor | None, activate_, transform_: InPlaceDCT,
+                   scratch: torch.Tensor | None) -> torch.Tensor:
+    """In place: ``h = x ⊙ a_0`` (rows, N) through every factor; ``scratch`` (rows, N) when ``perms``."""
+    depth = a.shape[0]
+    for k in range(depth):
+        _factor_(h, d[k], None if b is None else b[k], transform_)
+        if k == depth - 1:
+            break
+        activate_(h)
+        if scratch is not None:
+            _permute_columns(h, perms[k], out=scratch)
+            torch.mul(scratch, a[k + 1], out=h)
+        else:
+            h.mul_(a[k + 1])
     return h
 
 
-def _recompute(x, a, d, b, perms, activation):
+def _recompute(x, a, d, b, perms, activation, transform_):
     """Every factor's input z_k and spectrum h2_k = C(z_k ⊙ a_k), for the backward pass."""
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
-    transform_ = InPlaceDCT(x)
     inputs, spectra = [x], []
     for k in range(depth):
         h2 = transform_(torch.mul(inputs[k], a[k]), 2)
@@ -104,7 +118,6 @@ def _recompute(x, a, d, b, perms, activation):
     return inputs, spectra
 
 
-@serial_on_cached_rows
 def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                                 perms: torch.Tensor | None, activation: str):
     """Forward that keeps what the backward needs, so that it recomputes nothing (``recompute=False``).
@@ -113,59 +126,100 @@ def acdc_cascade_forward_saving(x: torch.Tensor, a: torch.Tensor, d: torch.Tenso
     ``inside = [z_1, ..., z_{K-1}]`` and every factor's spectrum ``spectra = [h2_k = C(z_k ⊙ a_k)]``, each (M, N):
     2K-1 extra rows of N per input row, against none for the recomputing forward. One tensor per factor rather
     than one stack: blocks of a few MB are recycled by the allocator, a stack of ~100 MB is mapped afresh (and
-    page-faulted) at every step.
+    page-faulted) at every step. Computed a block of rows at a time (:func:`row_blocks`), written into those.
     """
     depth = a.shape[0]
     activate_ = activation_spec(activation).apply_
-    transform_ = InPlaceDCT(x)
-    with torch.no_grad():
-        inside = [torch.empty_like(x) for _ in range(depth - 1)]
-        spectra = [torch.empty_like(x) for _ in range(depth)]
-        y = torch.empty_like(x)
-        for k in range(depth):
-            h2 = transform_(torch.mul(x if k == 0 else inside[k - 1], a[k], out=spectra[k]), 2)
-            last = k == depth - 1
-            target = inside[k] if not last and perms is None else y
-            spectrum = torch.mul(h2, d[k], out=target) if b is None else torch.addcmul(b[k], h2, d[k], out=target)
-            transform_(spectrum, 3)
-            if last:
-                break
-            activate_(target)
-            if perms is not None:
-                _permute_columns(y, perms[k], out=inside[k])
+    blocks = row_blocks(x.shape[0], x.shape[-1], eager_cpu(x))
+    with serial_torch(x), torch.no_grad():
+        transform_ = InPlaceDCT(x[blocks[0]])
+        # Recycled buffers on CPU (surgeon.ops.workspace): fresh ones page-fault their whole size every step.
+        keep = rows_buffer if eager_cpu(x) else _rows_like
+        inside, spectra = [keep(x) for _ in range(depth - 1)], [keep(x) for _ in range(depth)]
+        y = _rows_like(x)
+        for rows in blocks:
+            _saving_rows(x[rows], y[rows], [t[rows] for t in inside], [t[rows] for t in spectra], a, d, b, perms,
+                         activate_, transform_)
     return y, inside, spectra
 
 
-@serial_on_cached_rows
+def _rows_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _saving_rows(x, y, inside, spectra, a, d, b, perms, activate_, transform_) -> None:
+    """One block of :func:`acdc_cascade_forward_saving`, written into its views ``y``, ``inside``, ``spectra``."""
+    depth = a.shape[0]
+    for k in range(depth):
+        h2 = transform_(torch.mul(x if k == 0 else inside[k - 1], a[k], out=spectra[k]), 2)
+        last = k == depth - 1
+        target = inside[k] if not last and perms is None else y
+        spectrum = torch.mul(h2, d[k], out=target) if b is None else torch.addcmul(b[k], h2, d[k], out=target)
+        transform_(spectrum, 3)
+        if last:
+            break
+        activate_(target)
+        if perms is not None:
+            _permute_columns(y, perms[k], out=inside[k])
+
+
 def acdc_cascade_backward(grad: torch.Tensor, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor,
                           b: torch.Tensor | None, perms: torch.Tensor | None, activation: str):
     """Gradients of a cascade (eqs. 3.28–3.32 per factor), recomputing the intermediates from ``x``.
 
     Returns ``(dx, da, dd, db)`` with shapes (M, N), (K, N), (K, N), (K, N) or None. Each factor's recomputed
-    intermediates are reused as scratch once its gradients are taken.
+    intermediates are reused as scratch once its gradients are taken; on CPU a block of rows at a time.
     """
-    with torch.no_grad():
-        inputs, spectra = _recompute(x, a, d, b, perms, activation)
-    return cascade_gradients(grad, inputs, spectra, a, d, b, perms, activation, overwrite=True)
+    def block_gradients(rows: slice, transform_: InPlaceDCT):
+        inputs, spectra = _recompute(x[rows], a, d, b, perms, activation, transform_)
+        return cascade_gradients(grad[rows], inputs, spectra, a, d, b, perms, activation, True, transform_)
+
+    return _in_row_blocks(x, block_gradients)
 
 
-@serial_on_cached_rows
 def acdc_cascade_backward_saved(grad: torch.Tensor, x: torch.Tensor, inside: list[torch.Tensor],
                                 spectra: list[torch.Tensor], a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
                                 perms: torch.Tensor | None, activation: str):
     """Gradients from what :func:`acdc_cascade_forward_saving` kept; the saved tensors are left intact."""
-    return cascade_gradients(grad, [x, *inside], list(spectra), a, d, b, perms, activation, overwrite=False)
+    def block_gradients(rows: slice, transform_: InPlaceDCT):
+        return cascade_gradients(grad[rows], [x[rows], *(t[rows] for t in inside)], [t[rows] for t in spectra],
+                                 a, d, b, perms, activation, False, transform_)
+
+    return _in_row_blocks(x, block_gradients)
+
+
+def _in_row_blocks(x: torch.Tensor, block_gradients):
+    """``(dx, da, dd, db)`` from ``block_gradients(rows, transform_)`` over the row blocks of ``x``: dx written
+    block by block, the parameter gradients summed over blocks."""
+    blocks = row_blocks(x.shape[0], x.shape[-1], eager_cpu(x))
+    with serial_torch(x), torch.no_grad():
+        transform_ = InPlaceDCT(x[blocks[0]])
+        if len(blocks) == 1:
+            return block_gradients(blocks[0], transform_)
+        dx = _rows_like(x)
+        totals = None
+        for rows in blocks:
+            g, *params = block_gradients(rows, transform_)
+            dx[rows] = g
+            if totals is None:
+                totals = params
+            else:
+                for total, part in zip(totals, params):
+                    if total is not None:
+                        total.add_(part)
+    return (dx, *totals)
 
 
 def cascade_gradients(grad: torch.Tensor, inputs: list[torch.Tensor], spectra: list[torch.Tensor], a: torch.Tensor,
                       d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None, activation: str,
-                      overwrite: bool):
+                      overwrite: bool, transform_: InPlaceDCT | None = None):
     """Eqs. 3.28–3.32, last factor first, from every factor's input ``inputs[k] = z_k`` and spectrum
     ``spectra[k] = C(z_k ⊙ a_k)``. ``overwrite``: those (except ``z_0``) may serve as scratch; else two scratch
-    rows are allocated and they stay untouched. Returns ``(dx, da, dd, db)``."""
+    rows are allocated and they stay untouched. ``transform_``: the engine of the caller's blocks (else resolved
+    for ``grad``). Returns ``(dx, da, dd, db)``."""
     depth = a.shape[0]
     slope_ = activation_spec(activation).slope_
-    transform_ = InPlaceDCT(grad)
+    transform_ = InPlaceDCT(grad) if transform_ is None else transform_
     with torch.no_grad():
         inverse = None if perms is None else torch.argsort(perms, dim=-1)
         grad_a, grad_d = torch.empty_like(a), torch.empty_like(d)

@@ -27,7 +27,7 @@ import surgeon
 from surgeon.io.onnx_export import _ort_session, export_onnx
 from surgeon.layers import ACDCLinear, FastfoodLinear
 from surgeon.ops.dct import InPlaceDCT, forced_engine
-from surgeon.ops.threads import serial_on_cached_rows
+from surgeon.ops.threads import row_blocks, serial_torch
 
 SIZES = (1024, 4096, 8192)
 BATCHES = (1, 8, 64, 256)
@@ -81,8 +81,10 @@ def _target(n: int, batch: int, layer: str) -> float | None:
     return 5.0 if layer == "Fastfood" else None
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calling them round-robin ``repeats`` times.
+def interleaved_samples(calls: dict[str, Callable[[], object]], repeats: int,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calling them round-robin ``repeats`` times after ``warmup``
+    untimed rounds; ``samples[name][r]`` is round r.
 
     The order rotates every round: a call right after a multi-threaded one pays for the idle threads that are
     still spinning, and rotating spreads that cost over every candidate instead of always the same one.
@@ -98,7 +100,12 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, wa
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return samples
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function over :func:`interleaved_samples`' rounds."""
+    return {name: statistics.median(times) for name, times in interleaved_samples(calls, repeats, warmup).items()}
 
 
 def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, object]:
@@ -110,13 +117,17 @@ def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, o
     return sessions
 
 
-@serial_on_cached_rows
 def transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` in-place DCTs of ``buffer`` (alternately II and III) with the cascade's engine and thread rule:
-    the part of an ACDC forward no fusion of its elementwise passes can remove."""
-    transform_ = InPlaceDCT(buffer)
-    for k in range(count):
-        transform_(buffer, 2 + k % 2)
+    """``count`` in-place DCTs of ``buffer`` (alternately II and III) with the cascade's engine, thread rule and
+    row blocks (every transform of a block before the next block): the part of an ACDC forward no fusion of its
+    elementwise passes can remove."""
+    blocks = row_blocks(buffer.shape[0], buffer.shape[-1])
+    with serial_torch(buffer):
+        transform_ = InPlaceDCT(buffer[blocks[0]])
+        for rows in blocks:
+            block = buffer[rows]
+            for k in range(count):
+                transform_(block, 2 + k % 2)
     return buffer
 
 

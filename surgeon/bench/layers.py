@@ -1,11 +1,16 @@
 """CPU benchmark of the structured layers against the dense layer they replace (issue targets in ``target``).
 
-Every row is a ratio of medians measured in this one run: ``speedup = baseline / candidate``.
+Every row is a ratio of medians measured in this one run: ``speedup = baseline / candidate``. The forward+backward
+steps of one N (the dense layer, every candidate and the transform floors) run interleaved, round by round with
+the order rotating, so that a neighbour's load or a slow phase of the machine hits all of them alike;
+``speedup_min`` / ``speedup_max`` are the lowest and highest ratio of one round's dense step to the same round's
+candidate step, the spread the median comes from.
 """
 
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -13,7 +18,7 @@ import torch
 from torch import nn
 
 from surgeon.bench.harness import Timing, forward_backward, forward_only, measure
-from surgeon.bench.inference import transforms_only
+from surgeon.bench.inference import interleaved_samples, transforms_only
 from surgeon.layers import ACDCLinear, FastfoodLinear
 from surgeon.ops.dct import dct
 
@@ -30,6 +35,8 @@ class BenchRow:
     speedup: float            # baseline time / candidate time
     target: str               # the issue's goal for this row, "" when informative only
     met: bool | None
+    speedup_min: float | None = None   # interleaved rows: the lowest and highest per-round ratio
+    speedup_max: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +48,22 @@ def _row(case: str, candidate: str, cand: Timing, baseline: str, base: Timing,
     target = "" if min_speedup is None else f"≥ {min_speedup:g}×"
     met = None if min_speedup is None else speedup >= min_speedup
     return BenchRow(case, candidate, baseline, cand.median * 1e3, base.median * 1e3, speedup, target, met)
+
+
+TRAINING_ROUNDS = 9   # at least this many interleaved forward+backward rounds per N (the 3× row's median is stable)
+
+
+def _paired_row(case: str, candidate: str, cand: list[float], baseline: str, base: list[float],
+                min_speedup: float | None) -> BenchRow:
+    """A row from interleaved samples: medians of both sides, and the spread of the per-round ratios."""
+    row = _row(case, candidate, _timing(cand), baseline, _timing(base), min_speedup)
+    ratios = [b / c for b, c in zip(base, cand)]
+    row.speedup_min, row.speedup_max = min(ratios), max(ratios)
+    return row
+
+
+def _timing(samples: list[float]) -> Timing:
+    return Timing(statistics.median(samples), min(samples), max(samples), len(samples))
 
 
 def _torch_fft_dct(x: torch.Tensor) -> torch.Tensor:
@@ -74,33 +97,24 @@ def bench_layers(sizes: Sequence[int] = (4096, 8192), batch: int = 256, depth: i
                 on_case(f"N={n}: {what}")
 
         x = torch.randn(batch, n, requires_grad=True)
-        announce("nn.Linear")
-        dense = measure(forward_backward(nn.Linear(n, n), x), repeats=max(3, repeats // 2))
-        announce("ACDC factor")
+        announce("forward+backward steps, interleaved")
         factor_layer = ACDCLinear(n, n, depth=1)
-        factor = measure(forward_backward(factor_layer, x), repeats=repeats)
-        rows.append(_row(f"N={n} fwd+bwd", "ACDC factor", factor, f"nn.Linear({n}, {n})", dense,
-                         10 if n == 4096 else None))
-        announce(f"ACDCLinear depth {depth}")
-        cascade = measure(forward_backward(ACDCLinear(n, n, depth=depth), x), repeats=max(3, repeats // 2))
-        rows.append(_row(f"N={n} fwd+bwd", f"ACDCLinear depth {depth}", cascade, f"nn.Linear({n}, {n})", dense,
-                         3 if n == 8192 and depth == 12 else None))
-        announce(f"ACDCLinear depth {depth}, recompute=False")
-        saving = measure(forward_backward(ACDCLinear(n, n, depth=depth, recompute=False), x),
-                         repeats=max(3, repeats // 2))
-        rows.append(_row(f"N={n} fwd+bwd", f"ACDCLinear depth {depth}, recompute=False", saving,
-                         f"nn.Linear({n}, {n})", dense, 3 if n == 8192 and depth == 12 else None))
-        announce("the transforms alone")
+        steps = {"dense": forward_backward(nn.Linear(n, n), x), "ACDC factor": forward_backward(factor_layer, x),
+                 f"ACDCLinear depth {depth}": forward_backward(ACDCLinear(n, n, depth=depth), x),
+                 f"ACDCLinear depth {depth}, recompute=False": forward_backward(
+                     ACDCLinear(n, n, depth=depth, recompute=False), x)}
         # Floors: a depth-K forward+backward makes 6K-1 transforms with recomputation, 4K without; no fusion of
         # the elementwise passes can beat the time of those transforms alone on the same rows.
         for count, rule in ((6 * depth - 1, "default rule"), (4 * depth, "recompute=False")):
-            floor = measure(lambda count=count, buffer=x.detach().clone(): transforms_only(buffer, count),
-                            repeats=max(3, repeats // 2))
-            rows.append(_row(f"N={n} fwd+bwd", f"{count} DCTs alone (depth {depth}, {rule})", floor,
-                             f"nn.Linear({n}, {n})", dense))
-        announce("Adaptive Fastfood")
-        fastfood = measure(forward_backward(FastfoodLinear(n, n), x), repeats=repeats)
-        rows.append(_row(f"N={n} fwd+bwd", "Adaptive Fastfood", fastfood, f"nn.Linear({n}, {n})", dense))
+            steps[f"{count} DCTs alone (depth {depth}, {rule})"] = (
+                lambda count=count, buffer=x.detach().clone(): transforms_only(buffer, count))
+        steps["Adaptive Fastfood"] = forward_backward(FastfoodLinear(n, n), x)
+        samples = interleaved_samples(steps, max(repeats, TRAINING_ROUNDS), warmup=2)
+        dense = samples.pop("dense")
+        for name, times in samples.items():
+            goal = 10 if name == "ACDC factor" and n == 4096 else (
+                3 if name.startswith(f"ACDCLinear depth {depth}") and n == 8192 and depth == 12 else None)
+            rows.append(_paired_row(f"N={n} fwd+bwd", name, times, f"nn.Linear({n}, {n})", dense, goal))
 
         announce("DCT engines")
         rows_in = x.detach()

@@ -17,6 +17,13 @@ cascade input for backward (B·N floats whatever K) and recompute every intermed
 
 These functions are the pure-torch reference (``*_ref``) for the Triton kernels in ``surgeon.kernels``; they run
 on any device, the DCTs going through scipy on CPU and ``torch.fft`` elsewhere.
+
+Passes over memory, per factor and row: forward 2 transforms and 4 elementwise passes (``⊙ a``, ``⊙ d + b`` in one
+``addcmul``, the activation, the permutation); backward 2 transforms and 9 (three column sums and the two
+products they sum, the ``⊙ d`` and ``⊙ a`` products, act', the inverse permutation). Rows rarely stay in the cache
+between two passes, so on CPU a block of rows of ``surgeon.ops.threads.ROW_BLOCK_ELEMENTS`` numbers goes through
+every factor before the next block (:func:`surgeon.ops.threads.row_blocks`): each pass then reads and writes the
+cache, not memory.
 """
 
 from __future__ import annotations

@@ -178,3 +178,19 @@ def test_row_blocks_match_the_whole_batch_oracle(monkeypatch, recompute):
     torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
     for mine, oracle in zip(got_grads, (x.grad, layer.a.grad, layer.d.grad, layer.b.grad)):
         torch.testing.assert_close(mine, oracle, atol=1e-9, rtol=1e-9)
+
+
+def test_permutations_edited_in_place_are_followed():
+    """The cascade caches its int32 permutations; an in-place edit of the buffer must reach the next call."""
+    layer = ACDCLinear(300, 300, depth=3, seed=1, dtype=torch.float64)
+    _randomise(layer)
+    x = torch.randn(4, 300, dtype=torch.float64)
+    layer(x)
+    with torch.no_grad():
+        layer.perms.copy_(torch.stack([torch.randperm(300) for _ in range(2)]))
+    np.testing.assert_allclose(layer(x).detach().numpy(), _dense_cascade(layer, x.numpy()), atol=1e-10)
+    x.requires_grad_(True)
+    layer(x).sum().backward()   # the inverse permutations of the edited buffer
+    probe = x.detach().requires_grad_(True)
+    _autograd_oracle(layer, probe).sum().backward()
+    torch.testing.assert_close(x.grad, probe.grad, atol=1e-9, rtol=1e-9)

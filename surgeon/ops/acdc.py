@@ -28,6 +28,7 @@ cache, not memory.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,13 +71,37 @@ class _Factors(NamedTuple):
 
 def _factors(a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, perms: torch.Tensor | None,
              inverse: bool = False) -> _Factors:
-    index = None if perms is None else perms.to(torch.int32)
-    undo = None
-    if index is not None and inverse:
-        positions = torch.arange(index.shape[1], dtype=torch.int32, device=index.device).expand_as(index)
-        undo = torch.empty_like(index).scatter_(1, perms, positions)   # undo[k][perm[k][i]] = i
-    return _Factors(a.unbind(0), d.unbind(0), None if b is None else b.unbind(0),
-                    None if index is None else index.unbind(0), None if undo is None else undo.unbind(0))
+    index, undo = (None, None) if perms is None else _int32_permutations(perms, inverse)
+    return _Factors(a.unbind(0), d.unbind(0), None if b is None else b.unbind(0), index, undo)
+
+
+# id(perms) -> (weak reference to perms, its version counter, int32 rows, int32 inverse rows or None)
+_INDEX_CACHE: dict[int, tuple] = {}
+
+
+def _int32_permutations(perms: torch.Tensor, inverse: bool):
+    """``perms`` (K-1, N) as int32 rows and, when ``inverse``, their inverses; cached per permutation tensor (a
+    layer's buffer serves every call; converting it cost a tenth of a batch-1 forward) while its version
+    counter says it is unchanged."""
+    if perms.is_inference():   # no version counter to watch: convert afresh
+        return _int32_rows(perms, inverse)
+    entry = _INDEX_CACHE.get(id(perms))
+    if entry is None or entry[0]() is not perms or entry[1] != perms._version or (inverse and entry[3] is None):
+        index, undo = _int32_rows(perms, inverse)
+        ident = id(perms)
+        ref = weakref.ref(perms, lambda _: _INDEX_CACHE.pop(ident, None))
+        entry = _INDEX_CACHE[ident] = (ref, perms._version, index, undo)
+    return entry[2], entry[3] if inverse else None
+
+
+def _int32_rows(perms: torch.Tensor, inverse: bool):
+    with torch.inference_mode(False), torch.no_grad():
+        index = perms.to(torch.int32)
+        undo = None
+        if inverse:
+            positions = torch.arange(index.shape[1], dtype=torch.int32, device=index.device).expand_as(index)
+            undo = torch.empty_like(index).scatter_(1, perms, positions).unbind(0)   # undo[perm[i]] = i
+    return index.unbind(0), undo
 
 
 def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, transform_: InPlaceDCT) -> torch.Tensor:

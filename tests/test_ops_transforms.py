@@ -163,3 +163,21 @@ def test_fwht_gradcheck_and_half():
     assert torch.autograd.gradcheck(lambda t: fwht(t, normalized=True), (x,))
     y = fwht(torch.full((2, 4096), 60.0, dtype=torch.float16), normalized=True)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_in_place_pocketfft_binding_and_public_fallback_match_scipy(direct, monkeypatch):
+    """The cascade calls scipy's pocketfft binding directly when it agrees with scipy.fft on a probe (it does on
+    the pinned scipy), else the public functions; both give scipy's orthonormal DCT-II / DCT-III in place."""
+    import importlib
+
+    dct_module = importlib.import_module("surgeon.ops.dct")   # the package's `dct` attribute is the function
+    assert dct_module._binding_agrees()
+    monkeypatch.setattr(dct_module, "_DIRECT_POCKETFFT", direct)
+    monkeypatch.setenv("SURGEON_DCT_ENGINE", "scipy")
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(3, 2, 520, dtype=torch.float64).to(dtype)
+        for kind, fn in ((2, scipy.fft.dct), (3, scipy.fft.idct)):
+            want = fn(x.double().numpy(), type=2, norm="ortho", axis=-1)
+            got = transform_(x.clone(), kind)
+            np.testing.assert_allclose(got.double().numpy(), want, atol=TOL[dtype] * 10, rtol=0)

@@ -41,3 +41,16 @@ def test_buffers_are_reused_after_the_backward_and_cleared_on_request():
     del busy
     workspace.clear()
     assert workspace.idle_bytes() == 0
+
+
+def test_the_pool_never_holds_more_than_its_cap(monkeypatch):
+    layer = _layer()
+    x = torch.randn(4, 300, dtype=torch.float64, requires_grad=True)
+    workspace.clear()
+    one = x.numel() * 8
+    monkeypatch.setattr(workspace, "POOL_MAX_BYTES", workspace._held[0] + 2 * one)  # room for two more buffers
+    layer(x).sum().backward()
+    assert workspace.idle_bytes() == 2 * one, "buffers beyond the cap are plain tensors, freed with the graph"
+    layer(x).sum().backward()
+    assert workspace.idle_bytes() == 2 * one
+    workspace.clear()

@@ -6,8 +6,9 @@ it afresh: ~47k faults, about 0.1-0.2 s a step on the reference machine, a fifth
 buffers and hands one out again once nothing but the pool holds its storage (autograd has let go of it), so
 ``retain_graph`` and saved graphs stay correct: a buffer still referenced anywhere is never reused.
 
-Idle memory is bounded: a request that finds no free buffer of its shape first drops the free buffers of every
-other shape. :func:`clear` drops all free buffers.
+Memory is bounded: the pool holds at most ``POOL_MAX_BYTES`` (requests beyond it get plain fresh tensors), and a
+request that finds no free buffer of its shape first drops the free buffers of every other shape. What it holds
+stays allocated between steps, like a caching allocator; :func:`clear` drops every free buffer.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch
 
 __all__ = ["clear", "idle_bytes", "rows_buffer"]
 
+POOL_MAX_BYTES = 2**30   # 1 GiB: a depth-12 cascade at N = 8192 and batch 256 keeps 184 MB
 Key = tuple[tuple[int, ...], torch.dtype, torch.device]
 _POOL: dict[Key, collections.deque[torch.Tensor]] = {}
+_held = [0]   # bytes in the pool, busy or free
 
 
 def _storage_refs(t: torch.Tensor) -> int:
@@ -55,6 +58,10 @@ def rows_buffer(like: torch.Tensor) -> torch.Tensor:
             return buffer.detach()  # a tensor of its own on the storage: the pool's stops counting as the holder
     _drop_free(keep=key)
     buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+    size = buffer.numel() * buffer.element_size()
+    if _held[0] + size > POOL_MAX_BYTES:
+        return buffer
+    _held[0] += size
     queue.append(buffer)
     return buffer.detach()
 
@@ -63,7 +70,12 @@ def _drop_free(keep: Key | None = None) -> None:
     for key in list(_POOL):
         if key == keep:
             continue
-        busy = collections.deque(t for t in _POOL[key] if not _free(t))
+        busy = collections.deque()
+        for t in _POOL[key]:
+            if _free(t):
+                _held[0] -= t.numel() * t.element_size()
+            else:
+                busy.append(t)
         if busy:
             _POOL[key] = busy
         else:

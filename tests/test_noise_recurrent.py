@@ -237,6 +237,81 @@ def test_fused_noisy_lstm_cell_in_training_matches_eq_4_15(mode):
     np.testing.assert_allclose(h1.detach().numpy(), h_exp, rtol=1e-12, atol=1e-12)
 
 
+def _np_saturated_noise(pre_sat, xi_source):
+    """The ε of one fused gate call: drawn for the saturated units only, in row-major order, while they are at most a
+    third of the units; else for every unit."""
+    count = int(pre_sat.sum())
+    if 3 * count > pre_sat.size:
+        return xi_source(pre_sat.shape)
+    xi = np.zeros(pre_sat.shape)
+    xi[pre_sat] = xi_source((count,))
+    return xi
+
+
+@pytest.mark.parametrize(("mode", "scale"), [("nan", 1.0), ("nah", 1.0), ("nan", 4.0)])
+def test_noisy_lstm_time_loop_in_training_matches_eq_4_15(mode, scale):
+    """The sequence path (one autograd node per layer, ε drawn where the units saturate) against eq. 4.15 in numpy,
+    step by step, with the normals taken from the same generator in the order the loop draws them."""
+    torch.manual_seed(16)
+    lstm = NoisyLSTM(4, 3, gates="noisy", gate_kwargs={"mode": mode, "c": 2.0}).double().train()
+    with torch.no_grad():
+        for w in (lstm.weight_ih_l0, lstm.weight_hh_l0):
+            w.mul_(scale)
+    x = torch.randn(4, 6, 4, dtype=torch.float64) * 1.5
+    h0, c0 = torch.randn(1, 6, 3, dtype=torch.float64), torch.randn(1, 6, 3, dtype=torch.float64) * 2
+    torch.manual_seed(17)
+    out, (h_n, c_n) = lstm(x, (h0, c0))
+    torch.manual_seed(17)
+    acts = lstm.gate_activations[0].acts
+    w_ih, w_hh = lstm.weight_ih_l0.detach().numpy(), lstm.weight_hh_l0.detach().numpy()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy()
+
+    def xi_source(shape):
+        return torch.randn(shape, dtype=torch.float64).numpy()
+
+    def act(name, z, xi):
+        m = acts[name]
+        return np_noisy_train(z, m.p.detach().numpy(), "sigmoid" if name in "ifo" else "tanh", m.c.item(), m.alpha,
+                              m.mode, xi)
+
+    h, c = h0[0].numpy(), c0[0].numpy()
+    branches = set()
+    for t in range(x.shape[0]):
+        pre = x[t].numpy() @ w_ih.T + h @ w_hh.T + bias
+        blocks = np.split(pre, 4, axis=1)
+        sat = np.concatenate([np.abs(z) > (1.0 if n == "g" else 2.0) for n, z in zip("ifgo", blocks, strict=True)],
+                             axis=1)
+        branches.add("none" if not sat.any() else "saturated only" if sat.sum() <= sat.size / 3 else "all")
+        xi = np.split(_np_saturated_noise(sat, xi_source), 4, axis=1)
+        gi, gf, gg, go = (act(n, z, e) for n, z, e in zip("ifgo", blocks, xi, strict=True))
+        c = gf * c + gi * gg
+        h = go * act("c", c, _np_saturated_noise(np.abs(c) > 1.0, xi_source))
+        np.testing.assert_allclose(out[t].detach().numpy(), h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c_n[0].detach().numpy(), c, rtol=1e-12, atol=1e-12)
+    assert ("saturated only" if scale == 1.0 else "all") in branches  # both ways of drawing are exercised
+
+
+def test_noisy_lstm_in_its_linear_range_draws_nothing_and_is_the_linear_lstm():
+    """No unit saturated: φ = u for every gate (eq. 4.15 with Δ = 0), so the NAN LSTM is the LSTM whose gates are
+    the linear u, and no normal is drawn (the generator is left as it was)."""
+    torch.manual_seed(18)
+    lstm = NoisyLSTM(3, 4, gates="noisy", gate_kwargs={"mode": "nan", "c": 5.0}).double().train()
+    x = torch.randn(5, 2, 3, dtype=torch.float64) * 0.1
+    state = torch.get_rng_state()
+    out, _ = lstm(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    w_ih, w_hh = lstm.weight_ih_l0.detach().numpy(), lstm.weight_hh_l0.detach().numpy()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy()
+    h, c = np.zeros((2, 4)), np.zeros((2, 4))
+    for t in range(5):
+        zi, zf, zg, zo = np.split(x[t].numpy() @ w_ih.T + h @ w_hh.T + bias, 4, axis=1)
+        c = (0.25 * zf + 0.5) * c + (0.25 * zi + 0.5) * zg
+        h = (0.25 * zo + 0.5) * c
+        np.testing.assert_allclose(out[t].detach().numpy(), h, rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert lstm.weight_hh_l0.grad.abs().sum() > 0
+
+
 def test_fused_noisy_lstm_gradients_by_finite_differences():
     torch.manual_seed(10)
     lstm = NoisyLSTM(3, 2, gates="noisy", gate_kwargs={"mode": "nan", "c": 3.0}, clip_gates=True).double().train()
@@ -271,7 +346,7 @@ def test_recurrent_benchmark_rows():
     from surgeon.bench.recurrent import bench_recurrent
 
     rows = bench_recurrent((8,), batch=4, steps=3, features=5, repeats=1)
-    assert [r.gates for r in rows] == ["soft", "noisy nan", "noisy nan, clipped", "mollified"]
+    assert [r.gates for r in rows] == ["soft", "noisy nan", "noisy nan, clipped", "noisy nan, weights x8", "mollified"]
     assert all(r.module == "NoisyLSTM" and r.hidden == 8 and r.ms_per_update > 0 and r.times_torch > 0 for r in rows)
     assert set(rows[0].to_dict()) == {"module", "hidden", "gates", "ms_per_update", "torch_ms_per_update",
                                       "times_torch"}

@@ -70,17 +70,26 @@ class HardShape(NamedTuple):
                          field(lambda m: -m.alpha * m._slope), field(lambda m: -2.0 * m._slope))
 
 
-def output_noise_phi_parts(x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor,
-                           shape: HardShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def output_noise_phi_parts(x: torch.Tensor, p: torch.Tensor,
+                           noise: torch.Tensor | Callable[[torch.Tensor], torch.Tensor | None],
+                           shape: HardShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """φ of the output-noise modes (eq. 4.15) and its derivatives, without autograd: (φ, ∂φ/∂x, ½ ∂φ/∂p).
 
-    Arguments as for :class:`_OutputNoisePhi`; the derivatives are elementwise (x's shape), ∂φ/∂p before summing
-    over the units' other axes. For callers that write their own backward (the noisy LSTM's time loop).
+    Arguments as for :class:`_OutputNoisePhi`, except that ``noise`` may also be a function of sgn(Δ) (x's shape)
+    that draws it where it is used, the saturated units, and returns None where none saturates: then φ = u,
+    ∂φ/∂x = slope (broadcast, not materialised) and ∂φ/∂p = 0 (None). The derivatives are elementwise (x's shape),
+    ∂φ/∂p before summing over the units' other axes. For callers that write their own backward (the noisy LSTM's
+    time loop).
     """
     u = torch.addcmul(shape.offset, x, shape.slope)
     delta = torch.clamp(u, shape.lo, shape.hi).sub_(u)
     # Where x saturates, sgn(x) = −sgn(Δ), so d = sgn(Δ)·sgn(1 − α); where Δ = 0 the noise term is 0 anyway.
     sign = torch.sign(delta)
+    if callable(noise):
+        drawn = noise(sign)
+        if drawn is None:  # every unit in its linear range: Δ = 0
+            return u, shape.slope.expand_as(u), None
+        noise = drawn
     centred = torch.sigmoid(p * delta).sub_(0.5)
     weighted = (noise * sign).mul_(centred)
     out = u.addcmul_(delta, shape.alpha).addcmul_(weighted, centred)  # u + α Δ + d c ε (s − ½)², in u's storage
@@ -103,6 +112,7 @@ class _OutputNoisePhi(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor, noise: torch.Tensor, shape: HardShape) -> torch.Tensor:
         out, d_x, half_d_p = output_noise_phi_parts(x, p, noise, shape)
+        assert half_d_p is not None  # noise given as a tensor
         ctx.save_for_backward(d_x, half_d_p)
         ctx.p_shape = p.shape
         return out

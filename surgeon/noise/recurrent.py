@@ -201,30 +201,60 @@ def _fused_call(mods: list[nn.Module | None], hidden: int, ref: torch.Tensor, n_
 
 
 class _OutputNoise(NamedTuple):
-    """Noisy nan/nah gates of one fused call, prepared for a forward: per-unit p, the noise of every step
-    (sgn(1 − α)·c·ε, (T, B, k·H)), the per-unit :class:`HardShape` and the clip bounds (None: no clipping)."""
+    """Noisy nan/nah gates of one fused call, prepared for a forward: per-unit p, the per-unit noise factor
+    sgn(1 − α)·c, whether ε is half-normal (nah), the per-unit :class:`HardShape`, the clip bounds (None: no
+    clipping) and the noise factor·ε of every step, (T, B, k·H), where it is drawn at once (None: drawn step by step
+    where the units saturate, :meth:`draw_saturated`)."""
 
     p: torch.Tensor
-    noise: torch.Tensor
+    factor: torch.Tensor
+    half_normal: bool
     shape: HardShape
     bounds: tuple[torch.Tensor, torch.Tensor] | None
+    noise: torch.Tensor | None
 
     @staticmethod
-    def of(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> _OutputNoise:
-        """Concatenate the gates' shapes, p and noise factors per unit; ε of all steps is drawn at once."""
+    def of(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool,
+           lazy: bool = False) -> _OutputNoise:
+        """Concatenate the gates' shapes, p and noise factors per unit; ε of all steps is drawn at once unless
+        ``lazy``."""
         dtype = compute_dtype(ref)
         gates = [m for m in mods if isinstance(m, (NoisyHardSigmoid, NoisyHardTanh))]
         shape = HardShape.of(gates, hidden, torch.empty(0, dtype=dtype, device=ref.device))
         p = torch.cat([m.p.to(dtype).expand(hidden) for m in gates])
         factor = torch.cat([(m.c.to(dtype) * (1.0 if 1.0 - m.alpha >= 0 else -1.0)).expand(hidden) for m in gates])
-        xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
-        noise = (xi if gates[0].mode == "nan" else xi.abs_()).mul_(factor)  # in place: (T, B, k·H) is large
-        return _OutputNoise(p, noise, shape, (shape.lo, shape.hi) if clip else None)
+        half_normal = gates[0].mode == "nah"
+        noise = None
+        if not lazy:
+            xi = torch.randn(n_steps, ref.shape[-2], len(gates) * hidden, dtype=dtype, device=ref.device)
+            noise = (xi.abs_() if half_normal else xi).mul_(factor)  # in place: (T, B, k·H) is large
+        return _OutputNoise(p, factor, half_normal, shape, (shape.lo, shape.hi) if clip else None, noise)
+
+    def draw_saturated(self, sign: torch.Tensor) -> torch.Tensor | None:
+        """factor·ε for one step where it is used, the saturated units (sgn(Δ) ≠ 0); None where none saturates.
+
+        The noise term d σ ε of eq. 4.15 carries σ = c (sigmoid(pΔ) − ½)², which is 0 wherever Δ = 0, so ε matters
+        only where a unit saturates: φ has the same distribution whether ε is drawn everywhere or there only. The
+        normals dominate the CPU cost of an update, so they are drawn for the saturated units alone (scattered in
+        row-major order) while those are at most a third of the units; beyond that (measured: scattering them then
+        costs about what drawing the rest saves) ε is drawn for every unit. sign: (B, k·H).
+        """
+        saturated = sign.ne(0)
+        count = int(saturated.count_nonzero())
+        if count == 0:
+            return None
+        if 3 * count > sign.numel():
+            eps = torch.randn(sign.shape, dtype=sign.dtype, device=sign.device)
+        else:
+            eps = torch.zeros_like(sign).masked_scatter_(
+                saturated, torch.randn(count, dtype=sign.dtype, device=sign.device))
+        return (eps.abs_() if self.half_normal else eps).mul_(self.factor)
 
 
 def _output_noise_call(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_steps: int, clip: bool) -> GateCall:
     """Noisy nan/nah gates in training, sigmoid- and tanh-like alike, as one :func:`output_noise_phi` per step."""
     gates = _OutputNoise.of(mods, hidden, ref, n_steps, clip)
+    assert gates.noise is not None
     noise = gates.noise.unbind(0)
     cast = gates.p.dtype != ref.dtype
 
@@ -283,9 +313,10 @@ def _hard_gate(bases: Sequence[str], hidden: int, ref: torch.Tensor) -> _Gate:
 def _output_noise_gate(gates: _OutputNoise) -> _Gate:
     """Noisy nan/nah gates (eq. 4.15) of one fused call; a clipped gate passes no gradient where it is clipped."""
 
-    def step(pre: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out, d_x, half_d_p = output_noise_phi_parts(pre, gates.p, gates.noise[t], gates.shape)
-        if gates.bounds is not None:
+    def step(pre: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        noise = gates.draw_saturated if gates.noise is None else gates.noise[t]
+        out, d_x, half_d_p = output_noise_phi_parts(pre, gates.p, noise, gates.shape)
+        if gates.bounds is not None and half_d_p is not None:  # (None: no unit saturated, φ = u is in range)
             clipped = torch.clamp(out, *gates.bounds)
             outside = clipped != out  # torch.clamp passes the gradient on the bounds themselves
             return clipped, d_x.masked_fill_(outside, 0.0), half_d_p.masked_fill_(outside, 0.0)
@@ -314,50 +345,51 @@ class _LSTMSequence(torch.autograd.Function):
         gate, cell = gates
         w_t = w_hh.t()
         h, c = h0, c0
+        out = xp.new_empty(xp.shape[0], *h0.shape)
         steps: list[tuple[Any, ...]] = []
         for t, x_t in enumerate(xp.unbind(0)):
             acts, d_acts, half = gate.step(torch.addmm(x_t, h, w_t), t)
             i, f, g, o = acts.chunk(4, dim=-1)
             c_prev, c = c, torch.addcmul(f * c, i, g)
             tc, d_tc, half_c = cell.step(c, t)
-            h = o * tc
-            steps.append((acts, d_acts, half, c_prev, tc, d_tc, half_c, h))
-        out = torch.stack([s[-1] for s in steps])
+            h = torch.mul(o, tc, out=out[t])
+            steps.append((acts, d_acts, half, c_prev, tc, d_tc, half_c))
         ctx.save_for_backward(h0, w_hh, out)
         ctx.steps = steps
+        ctx.learns_p = (p_gates is not None, p_cell is not None)
         return out, h.clone(), c.clone()
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor) -> tuple[Any, ...]:
         h0, w_hh, out = ctx.saved_tensors
         steps = ctx.steps
-        d_pres: list[torch.Tensor] = [d_h] * len(steps)
+        acts0, tc0 = steps[0][0], steps[0][4]
+        d_pre_all = acts0.new_empty(len(steps), *acts0.shape)
+        d_acts_t = torch.empty_like(acts0)  # one buffer, rewritten at every step
+        d_i, d_f, d_g, d_o = d_acts_t.chunk(4, dim=-1)
         # ½ ∂loss/∂p summed over the steps, per batch row (summed over the batch once, at the end)
-        grad_p = [None if s is None or not ctx.needs_input_grad[4 + k] else torch.zeros_like(s)
-                  for k, s in enumerate(steps[0][2::4])]
+        grad_p = [torch.zeros_like(like) if learns and ctx.needs_input_grad[4 + k] else None
+                  for k, (learns, like) in enumerate(zip(ctx.learns_p, (acts0, tc0), strict=True))]
         for t in range(len(steps) - 1, -1, -1):
-            acts, d_acts, half, c_prev, tc, d_tc, half_c, _ = steps[t]
+            acts, d_acts, half, c_prev, tc, d_tc, half_c = steps[t]
             i, f, g, o = acts.chunk(4, dim=-1)
             d_h = d_h + d_out[t]
             d_tanh = d_h * o
             d_c = torch.addcmul(d_c, d_tanh, d_tc)
-            d_acts_t = torch.empty_like(acts)
-            d_i, d_f, d_g, d_o = d_acts_t.chunk(4, dim=-1)
             torch.mul(d_c, g, out=d_i)
             torch.mul(d_c, c_prev, out=d_f)
             torch.mul(d_c, i, out=d_g)
             torch.mul(d_h, tc, out=d_o)
             d_c = d_c * f
-            d_pres[t] = d_pre = d_acts_t * d_acts
+            d_pre = torch.mul(d_acts_t, d_acts, out=d_pre_all[t])
             d_h = d_pre.mm(w_hh)
             for acc, grad, part in zip(grad_p, (d_acts_t, d_tanh), (half, half_c), strict=True):
-                if acc is not None:
+                if acc is not None and part is not None:  # part None: no unit of the step saturated
                     acc.addcmul_(grad, part)
-        d_pre_all = torch.stack(d_pres)
         d_w_hh = None
         if ctx.needs_input_grad[3]:
             # Σ_t δpre_tᵀ h_{t−1}: one GEMM over steps 1…T−1 against the saved outputs, plus step 0 against h0
-            d_w_hh = d_pres[0].t().mm(h0)
+            d_w_hh = d_pre_all[0].t().mm(h0)
             if len(steps) > 1:
                 d_w_hh.addmm_(d_pre_all[1:].flatten(0, 1).t(), out[:-1].flatten(0, 1))
         return (d_pre_all, d_h, d_c, d_w_hh, *[None if g is None else 2.0 * g.sum(0) for g in grad_p], None)
@@ -377,7 +409,8 @@ def _fused_lstm_gates(kind: str, group: _GateActivations | None, suffix: str, hi
     first = group.acts[_LSTM.merged[0][0] + suffix]
     if kind != "noisy" or not first.training or getattr(first, "mode", None) not in ("nan", "nah"):
         return None
-    gate, cell = (_OutputNoise.of([group.acts[n + suffix] for n in names], hidden, ref, n_steps, clip)
+    lazy = ref.device.type == "cpu"  # a draw per step pays on CPU, where the normals are costly; not on GPU
+    gate, cell = (_OutputNoise.of([group.acts[n + suffix] for n in names], hidden, ref, n_steps, clip, lazy)
                   for names in _LSTM.merged)
     return _output_noise_gate(gate), _output_noise_gate(cell)
 
@@ -575,13 +608,20 @@ class _NoisyRNNBase(_GatedBase):
             group = None if self.gate_activations is None else self.gate_activations[layer]
             for d, sfx in enumerate(self._suffixes):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, sfx)
-                xp = F.linear(layer_in, w_ih, b_ih)  # all timesteps in one matmul
+                gates = self._sequence_gates(group, sfx, x, n_steps, valid)
+                # all timesteps in one matmul; the hand-written LSTM loop takes b_hh in it too
+                xp = F.linear(layer_in, w_ih, b_ih if gates is None or b_hh is None else b_ih + b_hh)
                 k = layer * n_dirs + d
                 state = tuple(s[k] for s in states)
                 reverse = sfx == "_reverse"
                 if reverse:
                     xp = _reverse_time(xp, rev_idx)
-                out, state = self._direction(group, sfx, x, xp, state, w_hh, b_hh, valid)
+                if gates is None:
+                    out, state = _run_direction(self._rec, xp, state, w_hh, b_hh,
+                                                self._calls(group, sfx, x, n_steps), valid)
+                else:
+                    out, h_n, c_n = _LSTMSequence.apply(xp, *state, w_hh, gates[0].p, gates[1].p, gates)
+                    state = (h_n, c_n)
                 dir_outs.append(_reverse_time(out, rev_idx) if reverse else out)
                 for f_list, s in zip(finals, state, strict=True):
                     f_list.append(s)
@@ -600,20 +640,13 @@ class _NoisyRNNBase(_GatedBase):
             output = layer_in.transpose(0, 1)
         return output, final
 
-    def _direction(self, group: _GateActivations | None, sfx: str, x: torch.Tensor, xp: torch.Tensor, state: State,
-                   w_hh: torch.Tensor, b_hh: torch.Tensor | None,
-                   valid: torch.Tensor | None) -> tuple[torch.Tensor, State]:
-        """One layer and direction over xp (T, B, G·H): the LSTM's hand-written time loop where it applies (see
-        :class:`_LSTMSequence`), else the generic one."""
-        n_steps = xp.shape[0]
-        gates = None
-        if self._rec is _LSTM and valid is None:
-            gates = _fused_lstm_gates(self.gates, group, sfx, self.hidden_size, x, n_steps, self.clip_gates)
-        if gates is None:
-            return _run_direction(self._rec, xp, state, w_hh, b_hh, self._calls(group, sfx, x, n_steps), valid)
-        out, h, c = _LSTMSequence.apply(xp if b_hh is None else xp + b_hh, *state, w_hh, gates[0].p, gates[1].p,
-                                        gates)
-        return out, (h, c)
+    def _sequence_gates(self, group: _GateActivations | None, sfx: str, x: torch.Tensor, n_steps: int,
+                        valid: torch.Tensor | None) -> tuple[_Gate, _Gate] | None:
+        """The gates of the LSTM's hand-written time loop (:class:`_LSTMSequence`) for one layer and direction where
+        it applies; None: the generic loop."""
+        if self._rec is not _LSTM or valid is not None:
+            return None
+        return _fused_lstm_gates(self.gates, group, sfx, self.hidden_size, x, n_steps, self.clip_gates)
 
     @staticmethod
     def _repack(out: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> PackedSequence:

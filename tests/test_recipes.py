@@ -185,3 +185,13 @@ def test_train_skips_non_finite_updates_and_metrics_are_strict_json():
     assert result.skipped == 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert json_safe({"a": [1.0, float("nan")], "b": float("inf"), "c": 2}) == {"a": [1.0, None], "b": None, "c": 2}
+
+
+def test_unique_count_lr_decays_late_by_a_cosine():
+    """Table 4.5's schedule: the full rate until decay_from·steps, a cosine from there to 0 at the last update."""
+    from surgeon.recipes.unique_count_noisy import late_cosine
+
+    factor = late_cosine(1000, 0.6)
+    assert factor(0) == factor(599) == 1.0
+    assert factor(800) == pytest.approx(0.5) and factor(1000) == pytest.approx(0.0)
+    assert late_cosine(1000, 1.0)(999) == 1.0

@@ -22,12 +22,14 @@ The gate activations of one RNN layer form one annealer layer (a :class:`NoiseMo
 ``clip_gates=True`` clamps every gate output to the range of the function it replaces ([0, 1] / [−1, 1]): the
 NAN output is unbounded and, used as a forget gate, can blow up the cell state (the authors' ``clip_output``).
 
-Speed. The input projections of all timesteps are one matmul per layer and direction, and the noise of a whole
-sequence is one draw per fused call. Each step applies the gates of one kind in one call on their concatenated
-pre-activations, with the gates' per-unit parameters concatenated once per forward: the LSTM's sigmoid call
-covers all four chunks of the (B, 4H) pre-activation (the g columns get a zero parameter and are not used — cheaper
-than reordering or concatenating chunks every step), then one call each for T_g and T_c; the GRU has one call on
-its (B, 2H) r/z block and one for n. The values are those of the gate modules called one by one.
+Speed. The input projections of all timesteps are one matmul per layer and direction (both biases in it on the
+LSTM's hand-written loop, :class:`_LSTMSequence`). The noise of a whole sequence is one draw per fused call, except
+for the NAN/NAH LSTM on CPU, which draws ε per step for the saturated units only (the noise term of eq. 4.15 vanishes
+elsewhere; see :meth:`_OutputNoise.draw_saturated`). Each step applies the gates of one kind in one call on their
+concatenated pre-activations, with the gates' per-unit parameters concatenated once per forward: the LSTM's sigmoid
+call covers all four chunks of the (B, 4H) pre-activation (the g columns get a zero parameter and are not used —
+cheaper than reordering or concatenating chunks every step), then one call each for T_g and T_c; the GRU has one
+call on its (B, 2H) r/z block and one for n. The values are those of the gate modules called one by one.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ Reported per variant, over the seeds: the final test error and the update at whi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -74,7 +75,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high: int, n_train: int, n_test: int,
                embed: int, hidden: int, mlp: int, steps: int, batch_size: int, lr: float, c0: float, c_min: float,
-               every: float, clip_norm: float, clip_gates: bool, evals: int) -> dict[str, Any]:
+               every: float, clip_norm: float, clip_gates: bool, evals: int, decay_from: float) -> dict[str, Any]:
     """One variant on one seed (data, init and noise all drawn from ``seed``)."""
     run_ctx = RecipeContext(name=ctx.name, out_dir=ctx.out_dir, seed=seed, device=ctx.device, quick=ctx.quick,
                             rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress)
@@ -89,6 +90,7 @@ def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high
                         clip_gates=clip_gates and noisy)
     model = run_ctx.wrap(net)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, late_cosine(steps, decay_from))
     eval_every = max(1, steps // max(1, evals))
     c_trace: list[float] = []
     on_step = None
@@ -103,7 +105,8 @@ def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high
     ce = nn.functional.cross_entropy
     result = train(run_ctx, model, opt, run_ctx.loader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size), ce,
                    steps, description=f"{variant} seed {seed}", eval_every=eval_every, on_step=on_step,
-                   clip_norm=clip_norm, evaluate_fn=lambda: evaluate(model, x_te, y_te, ce, batch_size=len(x_te)))
+                   clip_norm=clip_norm, scheduler=scheduler,
+                   evaluate_fn=lambda: evaluate(model, x_te, y_te, ce, batch_size=len(x_te)))
     final = evaluate(model, x_te, y_te, ce, batch_size=len(x_te))
     majority = float((y_te != torch.mode(y_tr).values).float().mean())
     return {"variant": variant, "seed": seed, "test_error": finite(final["error"]), "majority": majority,
@@ -111,6 +114,21 @@ def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high
             "curve": {"step": result.steps, "train_loss": result.curves["train_loss"],
                       "test_error": result.curves.get("test_error", [])},
             **({"c_schedule": c_trace} if c_trace else {})}
+
+
+def late_cosine(steps: int, decay_from: float) -> Callable[[int], float]:
+    """Learning-rate factor: 1 until update ``decay_from``·steps, then a cosine decay to 0 at ``steps`` (1.0: none).
+
+    The plateau exit happens at the full rate; the decay lets every model settle by the end of the same budget.
+    """
+    start = decay_from * steps
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1.0, steps - start))))
+
+    return factor
 
 
 def plateau_exit(steps: list[int], errors: list[float], majority: float, margin: float) -> int | None:
@@ -125,7 +143,7 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
         embed: int = 16, hidden: int = 64, mlp: int = 64, variants: tuple[str, ...] = tuple(VARIANTS),
         seeds: tuple[int, ...] = (0, 1, 2), steps: int = 5000, batch_size: int = 64, lr: float = 3e-3,
         c0: float = 30.0, c_min: float = 0.5, floor_at: float = 0.8, clip_norm: float = 5.0,
-        clip_gates: bool = True, evals: int = 25, plateau_margin: float = 0.1,
+        clip_gates: bool = True, evals: int = 25, plateau_margin: float = 0.1, decay_from: float = 1.0,
         workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
     """Train every variant on every seed for ``steps`` Adam updates; report error and plateau exit, mean ± spread.
 
@@ -135,7 +153,8 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
     every = inv_sqrt_every(c0, c_min, floor_at * steps)
     common = {"length": length, "high": high, "n_train": n_train, "n_test": n_test, "embed": embed, "hidden": hidden,
               "mlp": mlp, "steps": steps, "batch_size": batch_size, "lr": lr, "c0": c0, "c_min": c_min,
-              "every": every, "clip_norm": clip_norm, "clip_gates": clip_gates, "evals": evals}
+              "every": every, "clip_norm": clip_norm, "clip_gates": clip_gates, "evals": evals,
+              "decay_from": decay_from}
     jobs = [{"variant": v, "seed": ctx.seed + int(s), **common} for v in variants for s in seeds]
     results = run_jobs(ctx, _train_one, jobs, workers=workers)
     runs: dict[str, list[dict[str, Any]]] = {v: [r for r in results if r["variant"] == v] for v in variants}

@@ -17,6 +17,10 @@ and noise of std up to c/4 = 7.5 at c = 30); used as a forget gate over 26 steps
 gates are clamped to the range of the function they replace (the authors' ``clip_output``), see
 :class:`~surgeon.noise.NoisyLSTM`.
 
+Budget: the same Adam updates for every variant, the learning rate constant until ``decay_from`` of the run and then
+cosine-decayed to 0 (:func:`late_cosine`), so that each model settles by the end of the budget; whether it did is
+measured, not assumed: ``test_error_fall_over_last_quarter`` (error at 3/4 of the run ÷ final error; 1.0 = flat).
+
 Reported per variant, over the seeds: the final test error and the update at which the test error first falls
 ``plateau_margin`` below the majority-class error (leaving the plateau), each as mean ± spread.
 """

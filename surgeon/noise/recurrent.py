@@ -271,8 +271,8 @@ def _output_noise_call(mods: list[nn.Module], hidden: int, ref: torch.Tensor, n_
 
 class _Gate(NamedTuple):
     """An elementwise gate of the hand-written LSTM time loop: ``step(pre (B, k·H), t)`` -> (activations,
-    ∂act/∂pre, ½ ∂act/∂p before summing over the batch, or None where the gate learns no p); ``p`` the learned
-    per-unit parameter (k·H) or None."""
+    ∂act/∂pre (may be a broadcast view), ½ ∂act/∂p before summing over the batch, or None where the gate learns no p
+    or, at that step, it is 0); ``p`` the learned per-unit parameter (k·H) or None."""
 
     step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
     p: torch.Tensor | None = None

@@ -4,7 +4,10 @@ Loss per batch (``loss="kl"``, Hinton et al.): ``T² · KL(softmax(t/T) ‖ soft
 logits; ``loss="mse"``: ``‖s − t‖² / ‖t‖²``. With ``features=True`` each replaced layer's output is matched too,
 ``Σ_l ‖s_l − t_l‖² / ‖t_l‖²`` averaged over the layers the student's surgery records name (modules found under
 the same name in both models). AdamW over :func:`~surgeon.recovery.groups.param_groups` (no weight decay on the
-structured diagonals) with a cosine-decayed learning rate; the teacher is frozen and runs in eval mode.
+structured diagonals) with a cosine-decayed learning rate (after an optional linear warm-up); the teacher is frozen
+and runs in eval mode. With ``keep_best`` (the default) a share of the inputs is held out and the student state
+with the lowest held-out output loss, the starting one included, is what the run returns
+(:mod:`surgeon.recovery.best`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from surgeon.errors import ConfigError
+from surgeon.recovery.best import BestState, split_held_out
 from surgeon.recovery.config import DistillConfig
 from surgeon.recovery.groups import param_groups
 from surgeon.surgery.fit import call_with
@@ -89,8 +93,11 @@ class Distiller:
                  config: DistillConfig) -> None:
         if len(data) == 0:
             raise ConfigError("distillation data is empty", field="data", rule="is empty")
-        self.student, self.teacher, self.data, self.config = student, teacher, data, config
+        self.student, self.teacher, self.config = student, teacher, config
+        self.data, self.held = split_held_out(data, config.held_out if config.keep_best else 0.0, config.seed)
+        self.best = BestState()
         self.steps = config.steps
+        self.check_every = max(1, config.steps // config.checks)
         self.layers = replaced_layers(student, teacher) if config.features else []
         groups = param_groups(student, config.lr, config.weight_decay, multipliers=config.multipliers)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
@@ -128,10 +135,36 @@ class Distiller:
             value = value + config.feature_weight * torch.stack(parts).mean()
         return value
 
+    def _lr_factor(self) -> float:
+        """Linear warm-up over ``warmup`` of the steps, then cosine decay to zero at the last step."""
+        warm = round(self.config.warmup * self.steps)
+        if self.done < warm:
+            return (self.done + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (self.done - warm) / max(1, self.steps - warm)))
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The output loss (no feature terms) on the held-out inputs, averaged over rows (or batches)."""
+        config = self.config
+        parts = self.held.split(config.batch_size) if isinstance(self.held, torch.Tensor) else self.held
+        total, weight = 0.0, 0
+        for part in parts:
+            rows = part.shape[0] if isinstance(part, torch.Tensor) else 1
+            target = logits_of(call_with(self.teacher, part))
+            value = output_loss(logits_of(call_with(self.student, part)), target, config.loss, config.temperature)
+            total, weight = total + float(value) * rows, weight + rows
+        return total / weight
+
+    def _check(self) -> None:
+        if self.config.keep_best:
+            self.best.offer(self.done, self.held_out_loss(), self.student)
+
     def step(self, student_taps: _Taps, teacher_taps: _Taps) -> float:
-        fraction = self.done / self.steps
+        if self.config.keep_best and not self.best.history:
+            self._check()      # the starting student is a candidate: distillation never returns a worse one
+        factor = self._lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * 0.5 * (1 + math.cos(math.pi * fraction))
+            group["lr"] = base * factor
         batch = _batches(self.data, self.config.batch_size, self.gen)
         with torch.enable_grad():
             value = self._loss(batch, student_taps, teacher_taps)
@@ -140,6 +173,8 @@ class Distiller:
         self.optimizer.step()
         self.done += 1
         self.losses.append(float(value.detach()))
+        if self.done % self.check_every == 0 or self.done == self.steps:
+            self._check()
         return self.losses[-1]
 
     def run(self, steps: int | None = None, *, quiet: bool = False) -> list[float]:
@@ -159,6 +194,8 @@ class Distiller:
                 while self.done < until:
                     value = self.step(student_taps, teacher_taps)
                     bar.update(self.done - first, description=f"distilling (loss {value:.4g})")
+            if self.done == self.steps and self.config.keep_best:
+                self.best.restore(self.student)
         finally:
             student_taps.close()
             teacher_taps.close()
@@ -170,20 +207,32 @@ class Distiller:
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done, "losses": list(self.losses), "optimizer": self.optimizer.state_dict(),
-                "generator": self.gen.get_state(), "student": {k: v.clone() for k, v in
-                                                               self.student.state_dict().items()}}
+                "generator": self.gen.get_state(), "best": self.best.state_dict(),
+                "student": {k: v.clone() for k, v in self.student.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.done, self.losses = int(state["done"]), list(state["losses"])
+        if "best" in state:
+            self.best.load_state_dict(state["best"])
 
     def record(self) -> SurgeryRecord:
         first, last = self.losses[:10], self.losses[-10:]
         note = (f"distill: {self.done} steps, loss {sum(first) / max(1, len(first)):.4g} (first 10) -> "
                 f"{sum(last) / max(1, len(last)):.4g} (last 10); features matched: {len(self.layers)} layers")
-        return _record(self.config, [note])
+        notes = [note]
+        history = self.best.history
+        if history:
+            notes.append(f"held-out {self.config.loss} on {len(self.held)} {_unit(self.held)}: {history[0][1]:.4g} "
+                         f"(start) -> {history[-1][1]:.4g} (step {history[-1][0]}); kept the student of step "
+                         f"{self.best.step} ({self.best.loss:.4g})")
+        return _record(self.config, notes)
+
+
+def _unit(data: torch.Tensor | Sequence[Any]) -> str:
+    return "rows" if isinstance(data, torch.Tensor) else "batches"
 
 
 def _record(config: DistillConfig, notes: list[str]) -> SurgeryRecord:
@@ -199,8 +248,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: torch.Tensor | Sequenc
     ``data``: a tensor of inputs (rows sampled in batches of ``batch_size``) or a sequence of ready batches
     (tensors, tuples of positional args, or dicts of keyword args). Options (``steps``, ``lr``, ``loss="kl"`` for
     logits or ``"mse"``, ``temperature``, ``features``, ``feature_weight``, ``batch_size``, ``weight_decay``,
-    ``multipliers``, ``seed``) are the fields of :class:`DistillConfig`, given as keywords or as ``config``.
-    ``state``: a :meth:`Distiller.state_dict` to resume from. For a loop of your own, use :class:`Distiller`.
+    ``multipliers``, ``warmup``, ``keep_best``, ``held_out``, ``checks``, ``seed``) are the fields of
+    :class:`DistillConfig`, given as keywords or as ``config``. ``state``: a :meth:`Distiller.state_dict` to resume
+    from. For a loop of your own, use :class:`Distiller`.
     """
     if config is not None and options:
         raise ConfigError("distill: pass options inside the config or as keywords, not both")

@@ -35,7 +35,8 @@ class LinearConfig(TransformConfig):
     keeps the classifier). ``seed``: the layer at candidate index i gets ``seed + i``. ``init``: ``"random"``
     (train from scratch) or ``"fit"`` (fit each replacement to its dense layer); ``max_error`` (relative
     held-out error, in (0, 1)) and ``target_ratio`` (compression) are the fit's goals; ``fit_steps`` optimiser
-    steps (for structures without a closed-form fit) on ``fit_rows`` captured inputs per layer. ``sequential``
+    steps (for structures without a closed-form fit) on ``fit_rows`` captured inputs per layer; ``fit_sweeps``
+    caps a closed-form fit's sweeps (None: the solver's size-dependent default, tuned for speed). ``sequential``
     (default: on when calibration is given): each layer is fitted on the inputs it receives in the partly
     converted model, in execution order, against the dense model's outputs. ``budget``: keep about this fraction
     of the selected layers' parameters, choosing each layer's depth (ACDC) or rank (low-rank) by measured fit
@@ -55,6 +56,7 @@ class LinearConfig(TransformConfig):
     target_ratio: float | None = None
     fit_steps: int = 300
     fit_rows: int = 2048
+    fit_sweeps: int | None = None
     sequential: bool | None = None
     budget: float | None = None
     targets: tuple[str, ...] = ("linear",)
@@ -71,6 +73,7 @@ class LinearConfig(TransformConfig):
         self._number("target_ratio", above=0, optional=True)
         self._integer("fit_steps", at_least=1)
         self._integer("fit_rows", at_least=1)
+        self._integer("fit_sweeps", at_least=1, optional=True)
         if self.sequential is not None:
             self._flag("sequential")
         self._number("budget", above=0, at_most=1, optional=True)

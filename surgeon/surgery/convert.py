@@ -330,7 +330,7 @@ class LinearRule(Rule):
             # the rows this layer receives in the partly converted model, against the dense model's outputs
             targets, inputs = dense(inputs), self._current_inputs(site)
         result = fit_layer(layer, dense, inputs, steps=self.config.fit_steps, seed=self._layer_seed(site),
-                           tick=tick, targets=targets)
+                           tick=tick, targets=targets, sweeps=self.config.fit_sweeps)
         self.done += 1
         return result.error
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from surgeon.recipes.compress_parallel import run_parallel
 from surgeon.recipes.compress_trained import MATCHED, STRUCTURES
 from surgeon.recipes.runner import run_recipe
 
 CONVERTED = {"digits_mlp": 2, "gpt2": 8, "vit": 8}   # hidden Linears; GPT-2 Conv1D projections; ViT qkv/proj/fc1/fc2
 
 
-def test_compress_trained_quick(tmp_path) -> None:
-    metrics = run_recipe("compress_trained", quick=True, out_dir=tmp_path, progress=False)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, Path]:
+    folder = tmp_path_factory.mktemp("compress_trained")
+    return run_recipe("compress_trained", quick=True, out_dir=folder, progress=False), folder
+
+
+def test_compress_trained_quick(quick_run) -> None:
+    metrics, tmp_path = quick_run
     summary = json.loads((tmp_path / "metrics.json").read_text())["summary"]
     assert summary == metrics["summary"]
     assert (tmp_path / "compress_trained.png").read_bytes()[:4] == b"\x89PNG"
@@ -39,3 +47,28 @@ def test_compress_trained_refuses_unknown_parts(tmp_path) -> None:
     with pytest.raises(ValueError, match="parts must name some of digits_mlp, gpt2, vit"):
         run_recipe("compress_trained", quick=True, out_dir=tmp_path, progress=False, overrides={"parts": ["bert"]})
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_parallel_jobs_split_a_model_and_merge_to_the_serial_result(quick_run, tmp_path) -> None:
+    """Two processes, one structure each, on the same model: the merged summary holds both, and each entry's
+    size and metrics equal those of the one-process run (same seed, same dense model, sizes independent of the
+    fit)."""
+    serial = quick_run[0]["summary"]["digits_mlp"]
+    metrics = run_parallel(tmp_path, jobs=[("digits_mlp", ("acdc",)), ("digits_mlp", ("lowrank",))], workers=2,
+                           quick=True)
+    merged = metrics["summary"]["digits_mlp"]
+    assert set(merged) == {"metric", "higher_is_better", "dense", "acdc", "lowrank"}
+    for structure in ("acdc", "lowrank"):
+        for key in ("layer_params", "after_fit", "after_distill", "fit_errors"):
+            assert merged[structure][key] == serial[structure][key], (structure, key)
+    assert merged["dense"]["metric"] == serial["dense"]["metric"]
+    assert [job["structures"] for job in metrics["jobs"]] == [["acdc"], ["lowrank"]]
+    assert all(job["cpu_seconds"] > 0 for job in metrics["jobs"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["summary"] == metrics["summary"]
+    assert (tmp_path / "compress_trained.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compress_trained_refuses_unknown_structures(tmp_path) -> None:
+    with pytest.raises(ValueError, match="structures must name some of acdc"):
+        run_recipe("compress_trained", quick=True, out_dir=tmp_path, progress=False,
+                   overrides={"parts": ["digits_mlp"], "digits_mlp": {"structures": ["svd"]}})

@@ -27,6 +27,8 @@ PARTS = ("digits_mlp", "gpt2", "vit")
 STRUCTURES = ("acdc", "fastfood", "lowrank", "lowrank_at_fastfood")
 # low-rank baselines and the structure whose per-layer parameter counts they match
 MATCHED = {"lowrank": "acdc", "lowrank_at_fastfood": "fastfood"}
+# a part's parameters that go to compress_task rather than to the model's builder
+COMPRESS_OPTIONS = ("depth", "distill", "distill_by_structure", "fit", "fit_by_structure", "structures")
 
 
 def matching_ranks(changes: Sequence[Any]) -> dict[str, int]:
@@ -49,8 +51,8 @@ def _set_recompute(model: nn.Module, recompute: bool) -> None:
 
 
 def compress(task: compress_tasks.Task, structure: str, options: dict[str, Any], distill: dict[str, Any],
-             seed: int) -> tuple[dict[str, Any], list[Any]]:
-    """Convert ``task.model`` (fit), measure, distill, measure; returns the summary entry and the changes."""
+             seed: int) -> dict[str, Any]:
+    """Convert ``task.model`` (fit), measure, distill, measure; returns the summary entry."""
     import surgeon
 
     kind = "lowrank" if structure in MATCHED else structure
@@ -69,36 +71,50 @@ def compress(task: compress_tasks.Task, structure: str, options: dict[str, Any],
     entry.update(distill_seconds=time.perf_counter() - start, distill_cpu_seconds=time.process_time() - cpu,
                  after_distill=task.metric(student))
     _set_recompute(student, True)
-    return entry, changes
+    return entry
+
+
+def _shape_options(task: compress_tasks.Task, structure: str, depth: int) -> dict[str, Any]:
+    """The size options of ``structure``: ACDC's depth; a matched low-rank's per-layer ranks, read off the
+    reference structure's layer sizes (a random-init conversion: sizes do not depend on the fit, so any subset of
+    the structures can run in a process of its own)."""
+    import surgeon
+
+    if structure == "acdc":
+        return {"depth": depth}
+    if structure not in MATCHED:
+        return {}
+    reference = MATCHED[structure]
+    shaped = surgeon.convert(task.model, reference, quiet=True, **_shape_options(task, reference, depth))
+    return {"rank": matching_ranks(surgeon.records(shaped)[-1].changes)}
 
 
 def compress_task(task: compress_tasks.Task, *, depth: int, distill: dict[str, Any],
-                  distill_by_structure: dict[str, dict[str, Any]] | None = None, seed: int = 0,
-                  structures: Sequence[str] = STRUCTURES) -> dict[str, Any]:
-    """Every structure of ``structures`` on one task (a matched low-rank needs its reference structure first)."""
+                  distill_by_structure: dict[str, dict[str, Any]] | None = None,
+                  fit: dict[str, Any] | None = None, fit_by_structure: dict[str, dict[str, Any]] | None = None,
+                  seed: int = 0, structures: Sequence[str] = STRUCTURES) -> dict[str, Any]:
+    """Every structure of ``structures`` on one task. ``fit`` (and per structure ``fit_by_structure``): convert
+    options of the fit, e.g. ``fit_rows``, ``fit_sweeps``; ``distill`` / ``distill_by_structure`` likewise."""
+    unknown = set(structures) - set(STRUCTURES)
+    if unknown or not structures:
+        raise ValueError(f"structures must name some of {', '.join(STRUCTURES)}; got {list(structures)!r}")
     summary: dict[str, Any] = {"metric": task.metric_name, "higher_is_better": task.higher_is_better,
                                "dense": {"params": count_parameters(task.model), "metric": task.metric(task.model)}}
-    changes: dict[str, list[Any]] = {}
-    for structure in structures:
-        if structure == "acdc":
-            options: dict[str, Any] = {"depth": depth}
-        elif structure in MATCHED:
-            options = {"rank": matching_ranks(changes[MATCHED[structure]])}
-        else:
-            options = {}
+    for structure in (s for s in STRUCTURES if s in structures):
+        options = {**(fit or {}), **(fit_by_structure or {}).get(structure, {}),
+                   **_shape_options(task, structure, depth)}
         settings = {**distill, **(distill_by_structure or {}).get(structure, {})}
-        summary[structure], changes[structure] = compress(task, structure, options, settings, seed)
+        summary[structure] = compress(task, structure, options, settings, seed)
     return summary
 
 
 def _part(ctx: RecipeContext, build: Callable[..., compress_tasks.Task], params: dict[str, Any]) -> dict[str, Any]:
     params = dict(params)
-    depth, distill = params.pop("depth"), params.pop("distill")
-    by_structure = params.pop("distill_by_structure", None)
+    shared = {key: params.pop(key) for key in COMPRESS_OPTIONS if key in params}
     start, cpu = time.perf_counter(), time.process_time()
     task = build(ctx, **params)
     train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu
-    summary = compress_task(task, depth=depth, distill=distill, distill_by_structure=by_structure, seed=ctx.seed)
+    summary = compress_task(task, seed=ctx.seed, **shared)
     summary["dense"].update(train_seconds=train_seconds, train_cpu_seconds=train_cpu)
     return summary
 

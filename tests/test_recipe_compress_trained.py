@@ -37,6 +37,11 @@ def test_compress_trained_quick(quick_run) -> None:
             assert stage["params"] == dense["params"] - stage["dense_layer_params"] + stage["layer_params"]
             assert all(math.isfinite(e) for e in stage["fit_errors"])
             assert math.isfinite(stage["after_fit"]) and math.isfinite(stage["after_distill"])
+            # GPT-2 alone is judged again on held-out rows no setting was chosen on
+            assert ("after_distill_unseen" in stage) == (part == "gpt2"), (part, structure)
+        if part == "gpt2":
+            assert math.isfinite(dense["metric_unseen"]) and dense["metric_unseen"] > 1.0
+            assert all(summary[part][s]["after_distill_unseen"] > 1.0 for s in STRUCTURES)
         for baseline, reference in MATCHED.items():
             # same size as the reference, to within one rank per layer: r·(in + out) for the largest layer
             low, ref = summary[part][baseline]["layer_params"], summary[part][reference]["layer_params"]

@@ -70,6 +70,8 @@ def compress(task: compress_tasks.Task, structure: str, options: dict[str, Any],
     surgeon.distill(student, task.model, task.inputs, seed=seed, quiet=True, **distill)
     entry.update(distill_seconds=time.perf_counter() - start, distill_cpu_seconds=time.process_time() - cpu,
                  after_distill=task.metric(student))
+    if task.unseen_metric is not None:
+        entry["after_distill_unseen"] = task.unseen_metric(student)
     _set_recompute(student, True)
     return entry
 
@@ -100,6 +102,8 @@ def compress_task(task: compress_tasks.Task, *, depth: int, distill: dict[str, A
         raise ValueError(f"structures must name some of {', '.join(STRUCTURES)}; got {list(structures)!r}")
     summary: dict[str, Any] = {"metric": task.metric_name, "higher_is_better": task.higher_is_better,
                                "dense": {"params": count_parameters(task.model), "metric": task.metric(task.model)}}
+    if task.unseen_metric is not None:
+        summary["dense"]["metric_unseen"] = task.unseen_metric(task.model)
     for structure in (s for s in STRUCTURES if s in structures):
         options = {**(fit or {}), **(fit_by_structure or {}).get(structure, {}),
                    **_shape_options(task, structure, depth)}

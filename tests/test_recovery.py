@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -166,3 +167,28 @@ def test_acdc_budget_records_depths_that_replay(tmp_path) -> None:
     surgeon.save(out, tmp_path / "a.safetensors")
     back = surgeon.load(tmp_path / "a.safetensors", _teacher())
     assert (back[0].depth, back[2].depth) == (out[0].depth, out[2].depth)
+
+
+def _count_teacher_rows(teacher: nn.Module) -> list[int]:
+    seen: list[int] = []
+    teacher.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("bound, teacher_runs", [(None, 1), (0, 4)])
+def test_held_out_teacher_logits_are_cached_within_their_bound(monkeypatch, bound, teacher_runs) -> None:
+    """Four checks: the frozen teacher sees the held-out rows once when its logits fit the cache bound, at every
+    check when they do not; either way each check's loss is the KL written out by hand on those rows."""
+    if bound is not None:
+        monkeypatch.setattr(sys.modules[Distiller.__module__], "TEACHER_CACHE_BYTES", bound)
+    teacher = _teacher()
+    student = surgeon.convert(teacher, "lowrank", rank=8, min_features=16, seed=0)
+    distiller = Distiller(student, teacher, torch.randn(200, 16), DistillConfig(steps=3, held_out=0.2, seed=1,
+                                                                                     temperature=1.0))
+    seen = _count_teacher_rows(teacher)
+    with torch.no_grad():
+        losses = [distiller.held_out_loss() for _ in range(4)]
+        t, s = teacher(distiller.held), student(distiller.held)
+    expected = float((t.softmax(-1) * (t.log_softmax(-1) - s.log_softmax(-1))).sum(-1).mean())
+    assert sum(seen[:-1]) == teacher_runs * 40
+    assert losses == pytest.approx([expected] * 4, rel=1e-5)

@@ -28,6 +28,8 @@ from surgeon.surgery.progress import LazyProgress
 from surgeon.surgery.record import SurgeryRecord, append_record, records
 from surgeon.surgery.transform import Call, register_transform
 
+TEACHER_CACHE_BYTES = 256 * 2**20   # held-out teacher logits kept between checks up to this size
+
 
 def logits_of(output: Any) -> torch.Tensor:
     """The tensor a model's output stands for: itself, ``.logits`` (Hugging Face), or the first element."""
@@ -106,6 +108,7 @@ class Distiller:
         self.gen.manual_seed(config.seed)
         self.done = 0
         self.losses: list[float] = []
+        self._held_targets: list[torch.Tensor] | None = None
         self._check_fits(data)
 
     def _check_fits(self, data: torch.Tensor | Sequence[Any]) -> None:
@@ -144,15 +147,24 @@ class Distiller:
 
     @torch.no_grad()
     def held_out_loss(self) -> float:
-        """The output loss (no feature terms) on the held-out inputs, averaged over rows (or batches)."""
+        """The output loss (no feature terms) on the held-out inputs, averaged over rows (or batches).
+
+        The frozen teacher's logits on them are computed at the first check and kept while they fit in
+        ``TEACHER_CACHE_BYTES`` (a full-vocabulary LM's may not: then they are recomputed at every check)."""
         config = self.config
         parts = self.held.split(config.batch_size) if isinstance(self.held, torch.Tensor) else self.held
+        cached, fresh, size = self._held_targets, [], 0
         total, weight = 0.0, 0
-        for part in parts:
+        for i, part in enumerate(parts):
             rows = part.shape[0] if isinstance(part, torch.Tensor) else 1
-            target = logits_of(call_with(self.teacher, part))
+            target = cached[i] if cached is not None else logits_of(call_with(self.teacher, part))
+            if cached is None and fresh is not None:
+                size += target.numel() * target.element_size()
+                fresh = fresh + [target] if size <= TEACHER_CACHE_BYTES else None
             value = output_loss(logits_of(call_with(self.student, part)), target, config.loss, config.temperature)
             total, weight = total + float(value) * rows, weight + rows
+        if cached is None and fresh is not None:
+            self._held_targets = fresh
         return total / weight
 
     def _check(self) -> None:

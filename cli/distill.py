@@ -27,6 +27,14 @@ def distill_command(
     features: Annotated[bool, typer.Option("--features/--no-features",
                                            help="Also match each replaced layer's output.")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per step.")] = 64,
+    warmup: Annotated[float, typer.Option("--warmup", help="Share of the steps with a linear learning-rate "
+                                                           "warm-up before the cosine decay.")] = 0.0,
+    keep_best: Annotated[bool, typer.Option("--keep-best/--no-keep-best",
+                                            help="Hold out some inputs and keep the student state that scores "
+                                                 "best on them (the start included).")] = True,
+    held_out: Annotated[float, typer.Option("--held-out", help="Share of the inputs held out for --keep-best "
+                                                               "(never trained on).")] = 0.1,
+    checks: Annotated[int, typer.Option("--checks", help="Held-out checks during the run for --keep-best.")] = 10,
     output: OutputOption = None,
     arch: ArchOption = None,
     teacher_arch: Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of the teacher file "
@@ -48,7 +56,8 @@ def distill_command(
         from surgeon.recovery.distill import distill
 
         config = DistillConfig(steps=steps, lr=lr, loss=loss, temperature=temperature, features=features,
-                               batch_size=batch_size)
+                               batch_size=batch_size, warmup=warmup, keep_best=keep_best, held_out=held_out,
+                               checks=checks)
         target = output or default_output(student, "distilled")
         check_output(target, force=force, inputs=(student, teacher, data), suffixes=(".safetensors", ".pt"))
         inputs = load_tensor(data)

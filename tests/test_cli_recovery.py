@@ -63,6 +63,29 @@ def test_distill_writes_a_model_that_loads(tmp_path) -> None:
     assert [r.transform for r in surgeon.records(model)] == ["convert", "distill"]
 
 
+def test_distill_keep_best_flags_reach_the_run(tmp_path) -> None:
+    """--held-out sets the rows the kept state is scored on; --no-keep-best trains on every row and keeps the last
+    state; a share outside (0, 0.5] is refused in one line naming the option's field."""
+    import surgeon
+
+    teacher, data, student = _files(tmp_path)
+    held = tmp_path / "held.safetensors"
+    code, _, err = _run("distill", str(student), "--teacher", str(teacher), "--arch", ARCH, "--data", str(data),
+                        "--steps", "4", "--held-out", "0.25", "--checks", "2", "--warmup", "0.5", "-o", str(held))
+    assert code == 0, err
+    note = " ".join(surgeon.records(surgeon.load(held, small_mlp()))[-1].warnings)
+    assert "on 50 rows" in note, note
+    last = tmp_path / "last.safetensors"
+    code, _, err = _run("distill", str(student), "--teacher", str(teacher), "--arch", ARCH, "--data", str(data),
+                        "--steps", "4", "--no-keep-best", "-o", str(last))
+    assert code == 0, err
+    assert "rows" not in " ".join(surgeon.records(surgeon.load(last, small_mlp()))[-1].warnings)
+    code, _, err = _run("distill", str(student), "--teacher", str(teacher), "--arch", ARCH, "--data", str(data),
+                        "--held-out", "0.9", "-o", str(tmp_path / "bad.safetensors"))
+    _one_line_error(code, err, "held_out")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_distill_bad_input_is_one_line(tmp_path) -> None:
     teacher, data, student = _files(tmp_path)
     other = tmp_path / "other.pt"

@@ -13,8 +13,9 @@ memorisation of a fixed training set (``n_train`` samples), and the held-out acc
   p^l = 1 at the start (the net is linear), annealed by the ``anneal`` schedule: ``loss-exp`` (eq. 4.31, from the
   rank-averaged training loss; its pace is set by k — larger k keeps p near 1 longer) or ``linear`` over
   ``total_steps``;
-- ``mollified_residual`` (optional, Fig. 4.15): the mollified blocks inside an identity residual path,
-  h ← h + StochasticSkip(Linear → ψ)(h).
+- ``mollified_residual`` (optional, Fig. 4.15): the residual connection on the block's path, inside the skip,
+  h ← StochasticSkip(h + ψ(Linear(h))): the identity at p = 1 as eq. 4.28 requires, a residual sigmoid MLP (no
+  batch norm) at p = 0.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from surgeon.recipes.engine import (
     train,
     unwrap,
 )
+
+#: The mollified models: every hidden layer a StochasticSkip over a mollified block (see the module docstring).
+MOLLIFIED_MODELS = ("mollified", "mollified_residual", "mollified_residual_bn")
 
 
 def _glorot(model: nn.Module) -> nn.Module:
@@ -71,26 +75,30 @@ class ResidualPath(nn.Module):
         return h + self.block(h)
 
 
+def _mollified(n_in: int, width: int, c: float, norm: bool, residual: bool, layer: int) -> StochasticSkip:
+    """One mollified layer l: StochasticSkip over Linear (→ BN) → ψ, the residual connection (if any) on the
+    block's path (the dashed line of Fig. 4.15), so the layer is the identity at p = 1 (eq. 4.28) either way:
+    h ← π ⊙ h + (1 − π) ⊙ ([h +] ψ(BN(W h + b)))."""
+    body: list[nn.Module] = [nn.Linear(n_in, width), *([nn.BatchNorm1d(width)] if norm else []),
+                             MollifiedActivation("sigmoid", c=c, num_features=width)]
+    block: nn.Module = nn.Sequential(*body)
+    return StochasticSkip(ResidualPath(block) if residual else block, p=1.0, layer=layer)
+
+
 def build(kind: str, bits: int, width: int, layers: int, c: float = 100.0) -> nn.Module:
-    """One of the three parity MLPs (see module docstring); ``layers`` hidden layers of ``width`` units."""
+    """One of the parity MLPs (see module docstring); ``layers`` hidden layers of ``width`` units."""
     if kind == "plain":
         body: list[nn.Module] = []
         for i in range(layers):
             body += [nn.Linear(bits if i == 0 else width, width), nn.Sigmoid()]
         return _glorot(nn.Sequential(*body, nn.Linear(width, 2)))
-    if kind == "mollified":
-        # input (bits) → width: the skipped input is zero-padded to the width, as eq. 4.27 allows
-        blocks = [StochasticSkip(nn.Sequential(nn.Linear(bits if i == 0 else width, width),
-                                               MollifiedActivation("sigmoid", c=c, num_features=width)),
-                                 p=1.0, layer=i + 1) for i in range(layers)]
+    if kind in MOLLIFIED_MODELS:
+        residual, norm = "residual" in kind, kind.endswith("_bn")
+        # input (bits) → width: the skipped input is zero-padded to the width, as eq. 4.27 allows; the first layer
+        # changes the width, so it has no residual connection (as in residual_bn)
+        blocks = [_mollified(bits if i == 0 else width, width, c, norm, residual and i > 0, i + 1)
+                  for i in range(layers)]
         return _glorot(nn.Sequential(*blocks, nn.Linear(width, 2)))
-    if kind == "mollified_residual":
-        first = StochasticSkip(nn.Sequential(nn.Linear(bits, width),
-                                             MollifiedActivation("sigmoid", c=c, num_features=width)), p=1.0, layer=1)
-        rest = [ResidualPath(StochasticSkip(nn.Sequential(nn.Linear(width, width),
-                                                          MollifiedActivation("sigmoid", c=c, num_features=width)),
-                                            p=1.0, layer=i + 2)) for i in range(layers - 1)]
-        return _glorot(nn.Sequential(first, *rest, nn.Linear(width, 2)))
     if kind == "residual_bn":
         first = nn.Sequential(nn.Linear(bits, width), nn.BatchNorm1d(width), nn.Sigmoid())
         return _glorot(nn.Sequential(first, *[ResidualBlock(width) for _ in range(layers - 1)],

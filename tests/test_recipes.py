@@ -116,7 +116,7 @@ def test_digits_deepfried(tmp_path):
 
 def test_parity_mollified(tmp_path):
     m = _run("parity_mollified", tmp_path)
-    assert set(m["summary"]) == {"plain", "mollified", "residual_bn"}
+    assert set(m["summary"]) == {"plain", "mollified", "residual_bn", "mollified_residual_bn"}
     assert "chance" in m["note"]
     for run in m["runs"]["mollified"]:
         levels = run["mean_noise_level"]

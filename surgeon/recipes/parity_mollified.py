@@ -5,17 +5,20 @@ mollified activation ~ U[−2, 2]) and plots the *training* loss: the plain MLP 
 and a residual MLP with batch normalisation bring it down. 40-bit parity cannot be learnt from samples by gradient
 descent — 2^40 patterns, and every proper subset of the bits is independent of the label — so the figure shows
 memorisation of a fixed training set (``n_train`` samples), and the held-out accuracy of every model is chance
-(recorded to say so). The three models, ``layers`` hidden layers of ``width`` units each:
+(recorded to say so). The models, ``layers`` hidden layers of ``width`` units each:
 
 - ``plain``: ``layers`` × (Linear → sigmoid), then a linear 2-way classifier;
 - ``residual_bn``: h ← h + sigmoid(BN(Linear(h))) per hidden layer (the first layer maps the input to the width);
 - ``mollified``: each hidden layer is ``StochasticSkip(Linear → MollifiedActivation("sigmoid"))`` (eqs. 4.24–4.30),
-  p^l = 1 at the start (the net is linear), annealed by the ``anneal`` schedule: ``loss-exp`` (eq. 4.31, from the
+  p^l = 1 at the start (every layer the identity: the net is its output layer on the zero-padded bits, a linear
+  classifier), annealed by the ``anneal`` schedule: ``loss-exp`` (eq. 4.31, from the
   rank-averaged training loss; its pace is set by k — larger k keeps p near 1 longer) or ``linear`` over
   ``total_steps``;
 - ``mollified_residual`` (optional, Fig. 4.15): the residual connection on the block's path, inside the skip,
   h ← StochasticSkip(h + ψ(Linear(h))): the identity at p = 1 as eq. 4.28 requires, a residual sigmoid MLP (no
-  batch norm) at p = 0.
+  batch norm) at p = 0;
+- ``mollified_residual_bn``: the same with batch norm before ψ, h ← StochasticSkip(h + ψ(BN(Linear(h)))): at p = 0
+  exactly the ``residual_bn`` model, so it isolates what the annealed phase adds to that baseline.
 """
 
 from __future__ import annotations

@@ -104,16 +104,6 @@ def _int32_rows(perms: torch.Tensor, inverse: bool):
     return index.unbind(0), undo
 
 
-def _factor_(h: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None, transform_: InPlaceDCT) -> torch.Tensor:
-    """In place: ``h ← Cᵀ(C h ⊙ d + b)``, i.e. one factor applied to ``h = x ⊙ a``."""
-    transform_(h, 2)
-    if b is None:
-        h.mul_(d)
-    else:
-        torch.addcmul(b, h, d, out=h)
-    return transform_(h, 3)
-
-
 def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """One ACDC factor ``Cᵀ(C(x ⊙ a) ⊙ d + b)``: x (..., N), a/d/b (N,) -> (..., N). Differentiable."""
     return acdc_cascade_ref(x, a.unsqueeze(0), d.unsqueeze(0), None if b is None else b.unsqueeze(0), None, "none")
@@ -141,27 +131,35 @@ def acdc_cascade_forward(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: t
         scratch = torch.empty_like(out[blocks[0]]) if factors.perms is not None else None
         for rows in blocks:
             h = torch.mul(x[rows], factors.a[0], out=out[rows])
-            _cascade_rows_(h, factors, activate_, transform_, None if scratch is None else scratch[: len(h)])
+            _cascade_rows_(h, factors, activate_, transform_.bound(h), None if scratch is None else scratch[: len(h)])
     return out
 
 
 _dense_forward = serial_on_cached_rows(dense_cascade_forward)
 
 
-def _cascade_rows_(h: torch.Tensor, factors: _Factors, activate_, transform_: InPlaceDCT,
+def _cascade_rows_(h: torch.Tensor, factors: _Factors, activate_, transform: Callable[[int], object],
                    scratch: torch.Tensor | None) -> torch.Tensor:
-    """In place: ``h = x ⊙ a_0`` (rows, N) through every factor; ``scratch`` (rows, N) when permuting."""
-    depth = factors.depth
+    """In place: ``h = x ⊙ a_0`` (rows, N) through every factor, ``h ← Cᵀ(C h ⊙ d + b)`` then the activation,
+    permutation and next ``⊙ a`` between factors; ``transform(kind)`` transforms ``h`` itself
+    (:meth:`InPlaceDCT.bound`), ``scratch`` (rows, N) when permuting. The hot loop of inference: six calls per
+    factor, nothing resolved or allocated inside it."""
+    depth, d, b, a, perms = factors.depth, factors.d, factors.b, factors.a, factors.perms
     for k in range(depth):
-        _factor_(h, factors.d[k], None if factors.b is None else factors.b[k], transform_)
+        transform(2)
+        if b is None:
+            h.mul_(d[k])
+        else:
+            torch.addcmul(b[k], h, d[k], out=h)
+        transform(3)
         if k == depth - 1:
             break
         activate_(h)
         if scratch is not None:
-            _permute_columns(h, factors.perms[k], out=scratch)
-            torch.mul(scratch, factors.a[k + 1], out=h)
+            _permute_columns(h, perms[k], out=scratch)
+            torch.mul(scratch, a[k + 1], out=h)
         else:
-            h.mul_(factors.a[k + 1])
+            h.mul_(a[k + 1])
     return h
 
 

@@ -24,6 +24,9 @@ import torch
 
 CACHED_ELEMENTS = 2**19  # 2 MiB of fp32: the L2 cache of one core on the reference machine
 ROW_BLOCK_ELEMENTS = 2**18  # a block and its few scratch rows of the same size together fit in that cache
+# pocketfft threads a call only on at least this many numbers: below it (N = 4096 up to 32 rows) waking its
+# second thread cost more than it saved (1.1-1.8x slower at 8-32 rows, ~3x under load, see pocketfft_threads).
+POCKETFFT_THREADED_ELEMENTS = 2**18
 _POCKETFFT_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("pocketfft_workers", default=None)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +34,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 def pocketfft_workers() -> int | None:
     """The threads pocketfft may use inside :func:`serial_torch`, else None (use torch's count)."""
     return _POCKETFFT_WORKERS.get()
+
+
+def pocketfft_threads(numbers: int) -> int:
+    """Threads for one pocketfft call on ``numbers`` numbers: one below ``POCKETFFT_THREADED_ELEMENTS``, else
+    :func:`pocketfft_workers` (torch's thread count outside :func:`serial_torch`).
+
+    pocketfft splits a call over threads by groups of SIMD rows (4 fp32 rows here) and wakes its pool for every
+    call; a cascade makes 2K calls per row block, so on a few rows (N = 4096, batch 8: ~60 µs of work per call)
+    the hand-over cost more than the second core gave — measured 1.1-1.8x slower at 8-32 rows of 1024-8192 on
+    the reference machine, about 3x while other jobs held the cores — and won only from about 64 rows of 4096.
+    """
+    if numbers < POCKETFFT_THREADED_ELEMENTS:
+        return 1
+    return pocketfft_workers() or max(1, torch.get_num_threads())
 
 
 @contextlib.contextmanager

@@ -28,6 +28,8 @@ class ACDCLinear(StructuredLinear):
     ``recompute=False`` saves (2K-1) more rows of N per input row and runs a third fewer transforms.
     """
 
+    backend = "auto"   # "triton" / "torch" force one (surgeon.ops.dispatch); a class default keeps the lookup cheap
+
     def __init__(self, in_features: int, out_features: int, depth: int = 12, bias: bool = True,
                  activation: str | None = "relu", permute: bool = True, init_std: float = 0.1,
                  seed: int | None = None, device: Any = None, dtype: torch.dtype | None = None,
@@ -77,7 +79,7 @@ class ACDCLinear(StructuredLinear):
         x = self.checked_input(x, self.size)
         # Triton on CUDA, torch elsewhere; ``layer.backend`` / SURGEON_BACKEND force either (surgeon.ops.dispatch).
         y = acdc_cascade(x, self.a, self.d, self.b, self.perms, self.activation,
-                         backend=getattr(self, "backend", "auto"), recompute=getattr(self, "recompute", True))
+                         backend=self.backend, recompute=getattr(self, "recompute", True))
         # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).
         return y[..., : self.out_features].clone() if self.out_features < self.size else y
 

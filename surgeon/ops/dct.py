@@ -98,17 +98,19 @@ def dct_engine_allows_matmul() -> bool:
     return _requested("auto") in ("auto", "matmul")
 
 
-def resolve_engine(x: torch.Tensor, engine: Engine = "auto") -> str:
-    """The engine that will run for ``x``: the argument, else ``SURGEON_DCT_ENGINE``, else automatic."""
+def resolve_engine(x: torch.Tensor, engine: Engine = "auto", eager: bool | None = None) -> str:
+    """The engine that will run for ``x``: the argument, else ``SURGEON_DCT_ENGINE``, else automatic.
+    ``eager``: :func:`eager_cpu` of ``x`` when the caller already knows it."""
     engine = _requested(engine)  # type: ignore[assignment]
+    eager = eager_cpu(x) if eager is None else eager
     if engine == "auto":
-        if not eager_cpu(x):
+        if not eager:
             return "torch"
         n = x.shape[-1]
         return "matmul" if matmul_wins(n, x.numel() // max(n, 1)) else "scipy"
     if engine == "matmul" and x.is_complex():
         raise ValueError("the matmul DCT engine needs a real tensor")
-    if engine == "scipy" and not eager_cpu(x):
+    if engine == "scipy" and not eager:
         raise ValueError("the scipy DCT engine needs a plain CPU tensor outside tracing/compilation")
     return engine
 
@@ -180,8 +182,9 @@ class InPlaceDCT:
     scratch row block and a copy back. Buffers numpy cannot see (other devices, tracing) take the torch engine.
     """
 
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.engine = resolve_engine(rows) if eager_cpu(rows) else "torch"
+    def __init__(self, rows: torch.Tensor, eager: bool | None = None) -> None:
+        """``eager``: :func:`eager_cpu` of ``rows`` when the caller already knows it."""
+        self.engine = resolve_engine(rows, eager=eager) if (eager_cpu(rows) if eager is None else eager) else "torch"
         if self.engine == "matmul":
             c = compute_dtype(rows.dtype)
             self.matrices = {kind: transform_matrix(rows.shape[-1], kind, c, rows.device) for kind in (2, 3)}

@@ -195,3 +195,17 @@ def test_unique_count_lr_decays_late_by_a_cosine():
     assert factor(0) == factor(599) == 1.0
     assert factor(800) == pytest.approx(0.5) and factor(1000) == pytest.approx(0.0)
     assert late_cosine(1000, 1.0)(999) == 1.0
+
+
+def test_unique_count_settled_compares_the_last_quarter_fall_with_the_test_sets_standard_error():
+    """Settled: the error fell by at most 2 binomial standard errors of the final error from 3/4 of the run."""
+    from surgeon.recipes.unique_count_noisy import settled
+
+    curve = [0.5] * 14 + [0.034, 0.033, 0.032, 0.031, 0.030, 0.030]   # 20 evaluations, the 15th at 3/4 of the run
+    result = settled(curve, 4000)
+    assert result["standard_error"] == pytest.approx(math.sqrt(0.03 * 0.97 / 4000))   # 0.0027
+    assert result["fall"] == pytest.approx(0.004) and result["settled"]
+    curve[14] = 0.040   # a fall of 1 point: 3.7 standard errors
+    assert not settled(curve, 4000)["settled"]
+    assert settled(curve, 100)["settled"]   # 100 test examples cannot resolve it (sd 1.7 points)
+    assert settled(curve[:3], 4000) is None and settled([*curve[:-1], None], 4000) is None

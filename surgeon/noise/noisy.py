@@ -197,11 +197,12 @@ class _NoisyHard(PerUnitNoiseModule):
         h = self._h(x)
         if mode in ("nan", "nah"):  # the eval form, eq. 4.17: ε replaced by its mean
             u = self._u(x)
-            delta = h - u
+            linear = self.alpha * h + (1.0 - self.alpha) * u
+            if mode == "nan":  # E[ε] = 0: the noise term vanishes (no need to compute σ)
+                return linear
             assert p is not None
-            sigma = c * (torch.sigmoid(p * delta) - 0.5).square()
-            eps_mean = 0.0 if mode == "nan" else HALF_NORMAL_MEAN
-            return self.alpha * h + (1.0 - self.alpha) * u + (-sgn(x) * sign_1ma) * sigma * eps_mean
+            sigma = c * (torch.sigmoid(p * (h - u)) - 0.5).square()
+            return linear + (-sgn(x) * sign_1ma) * sigma * HALF_NORMAL_MEAN
         if xi is None:
             return h
         if mode == "nani":

@@ -18,10 +18,10 @@ gates are clamped to the range of the function they replace (the authors' ``clip
 :class:`~surgeon.noise.NoisyLSTM`.
 
 Budget: the same Adam updates for every variant, the learning rate constant until ``decay_from`` of the run and then
-cosine-decayed to 0 (:func:`late_cosine`), so that each model settles by the end of the budget; whether it did is
-measured, not assumed, over the last quarter of the run: ``test_error_fall_over_last_quarter`` (error at 3/4 of the
-run ÷ final error; 1.0 = flat) and, per seed, whether the absolute fall is within 2 binomial standard errors of the
-final error on the test set (:func:`settled`; ``settled_seeds`` counts them).
+cosine-decayed to 0 (:func:`late_cosine`). A decay to 0 flattens any curve at the end, so whether a model had stopped
+improving is measured, not assumed, over the last quarter of the run: ``test_error_fall_over_last_quarter`` (error at
+3/4 of the run ÷ final error; 1.0 = flat) and, per seed, whether the absolute fall is within 2 binomial standard
+errors of the final error on the test set (:func:`settled`; ``settled_seeds`` counts them).
 
 Reported per variant, over the seeds: the final test error and the update at which the test error first falls
 ``plateau_margin`` below the majority-class error (leaving the plateau), each as mean ± spread.

@@ -41,7 +41,7 @@ Engine = Literal["auto", "matmul", "scipy", "torch"]
 
 _ENGINES = ("auto", "matmul", "scipy", "torch")
 ENV_VAR = "SURGEON_DCT_ENGINE"
-MATMUL_MAX_N = 256            # above this a GEMM (N² per row) never beat pocketfft (N log N per row)
+MATMUL_MAX_N = 128            # above this a GEMM (N² per row) lost to pocketfft (N log N per row) at every row count
 MATMUL_ALWAYS_N = 64          # at or below this it won at every row count measured (1 to 1024)
 MATMUL_MAX_WORK = 2**18       # rows · N² multiply-adds under which a GEMM still beats pocketfft's ~10 µs call
 
@@ -63,7 +63,9 @@ def matmul_wins(n: int, rows: int) -> bool:
     Measured on the reference machine (2-core AMD EPYC, one torch thread as inside the cascade, pocketfft on two):
     a pocketfft call costs ~11 µs whatever the size up to N = 256, a GEMM ~1-3 µs plus rows·N² multiply-adds at
     ~40 G/s. The GEMM was 2-6x faster at N <= 64 for 1 to 1024 rows, won at N = 128 up to ~16 rows and at N = 256
-    for single rows, and lost at N = 512 even for one row.
+    for single rows, and lost at N = 512 even for one row. Since small pocketfft calls run one thread
+    (:func:`surgeon.ops.threads.pocketfft_threads`) N = 256 no longer wins anywhere: a depth-12 forward+backward
+    on 1 / 256 rows took 2.5-3.2 / 16 ms through GEMMs against 1.1 / 11-13 ms through pocketfft.
     """
     return n <= MATMUL_ALWAYS_N or (n <= MATMUL_MAX_N and rows * n * n <= MATMUL_MAX_WORK)
 

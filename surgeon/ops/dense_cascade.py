@@ -7,13 +7,13 @@ One factor maps a row ``z`` to ``Cᵀ-side`` form ``y = ((z ⊙ a) Cᵀ ⊙ d + 
 and the permutation before the next factor folds into that factor's rows: ``z[:, perm] W = z W'`` with
 ``W'[perm] = W``. A cascade is then ``act`` between ``addmm`` calls; a linear one (no activation) collapses to a
 single ``(W, c)``. Building the matrices costs K·N³ multiply-adds, so the path is taken when that is repaid
-within the call, or for every N ≤ 256 in inference (no autograd), where the matrices of unchanged parameters are
+within the call, or for every N ≤ 128 in inference (no autograd), where the matrices of unchanged parameters are
 cached: every call after the first is K GEMMs, or one for a linear cascade (:func:`dense_cascade_pays`).
 
 The cache holds, per diagonal tensor ``a`` (weakly: it dies with the tensor), copies of the parameters it was
 built from and is used only when ``torch.equal`` says they are unchanged, so in-place edits of any kind
-(optimiser steps, ``.data.copy_``, ``load_state_dict``) are seen. It costs K·N² numbers per layer (3 MB at
-N = 256, K = 12). No autograd: the forward of the cascade op.
+(optimiser steps, ``.data.copy_``, ``load_state_dict``) are seen. It costs K·N² numbers per layer (0.8 MB at
+N = 128, K = 12). No autograd: the forward of the cascade op.
 """
 
 from __future__ import annotations

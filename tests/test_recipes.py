@@ -209,3 +209,25 @@ def test_unique_count_settled_compares_the_last_quarter_fall_with_the_test_sets_
     assert not settled(curve, 4000)["settled"]
     assert settled(curve, 100)["settled"]   # 100 test examples cannot resolve it (sd 1.7 points)
     assert settled(curve[:3], 4000) is None and settled([*curve[:-1], None], 4000) is None
+
+
+@pytest.mark.parametrize("gates", [None, "noisy", "hard"])
+def test_unique_count_forget_bias_opens_the_forget_gate_of_every_variant(gates):
+    """forget_bias lands on the forget block (torch's i, f, g, o order: units H..2H) of the input bias and nowhere
+    else; a real nn.LSTM with those weights then starts with its forget gate at sigmoid(1 + b) on zero input."""
+    import torch
+
+    from surgeon.recipes.unique_count_noisy import UniqueCounter
+
+    torch.manual_seed(3)
+    plain = UniqueCounter(11, 11, 4, 5, 6, gates)
+    torch.manual_seed(3)
+    opened = UniqueCounter(11, 11, 4, 5, 6, gates, forget_bias=1.0)
+    shift = opened.rnn.bias_ih_l0.detach() - plain.rnn.bias_ih_l0.detach()
+    assert torch.equal(shift, torch.tensor([0.0] * 5 + [1.0] * 5 + [0.0] * 10))
+    assert torch.equal(opened.rnn.bias_hh_l0, plain.rnn.bias_hh_l0)
+    if gates is None:
+        _, (_, c) = opened.rnn(torch.zeros(1, 1, 4), (torch.zeros(1, 1, 5), torch.ones(1, 1, 5)))
+        b = opened.rnn.bias_ih_l0.detach() + opened.rnn.bias_hh_l0.detach()
+        i, f, g = torch.sigmoid(b[:5]), torch.sigmoid(b[5:10]), torch.tanh(b[10:15])
+        torch.testing.assert_close(c.flatten(), f + i * g)

@@ -53,10 +53,12 @@ from surgeon.recipes.engine import (
 
 
 class UniqueCounter(nn.Module):
-    """Embedding → (noisy) LSTM → mean over time → Linear → ReLU → Linear."""
+    """Embedding → (noisy) LSTM → mean over time → Linear → ReLU → Linear; ``forget_bias`` is added to the forget
+    gate's input bias (torch's i, f, g, o layout) after the usual init."""
 
     def __init__(self, vocab: int, classes: int, embed: int, hidden: int, mlp: int, gates: str | None,
-                 gate_kwargs: dict[str, Any] | None = None, clip_gates: bool = False) -> None:
+                 gate_kwargs: dict[str, Any] | None = None, clip_gates: bool = False,
+                 forget_bias: float = 0.0) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, embed)
         if gates is None:
@@ -64,6 +66,8 @@ class UniqueCounter(nn.Module):
         else:
             self.rnn = NoisyLSTM(embed, hidden, batch_first=True, gates=gates, gate_kwargs=gate_kwargs,
                                  clip_gates=clip_gates)
+        with torch.no_grad():
+            self.rnn.bias_ih_l0[hidden:2 * hidden] += forget_bias
         self.head = nn.Sequential(nn.Linear(hidden, mlp), nn.ReLU(), nn.Linear(mlp, classes))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high: int, n_train: int, n_test: int,
                embed: int, hidden: int, mlp: int, steps: int, batch_size: int, lr: float, c0: float, c_min: float,
-               every: float, clip_norm: float, clip_gates: bool, evals: int, decay_from: float) -> dict[str, Any]:
+               every: float, clip_norm: float, clip_gates: bool, evals: int, decay_from: float,
+               forget_bias: float = 0.0) -> dict[str, Any]:
     """One variant on one seed (data, init and noise all drawn from ``seed``)."""
     run_ctx = RecipeContext(name=ctx.name, out_dir=ctx.out_dir, seed=seed, device=ctx.device, quick=ctx.quick,
                             rank=ctx.rank, world_size=ctx.world_size, progress=ctx.progress)
@@ -93,7 +98,7 @@ def _train_one(ctx: RecipeContext, *, variant: str, seed: int, length: int, high
     torch.manual_seed(seed)
     noisy = spec["gates"] == "noisy"
     net = UniqueCounter(high + 1, classes, embed, hidden, mlp, spec["gates"], spec.get("gate_kwargs"),
-                        clip_gates=clip_gates and noisy)
+                        clip_gates=clip_gates and noisy, forget_bias=forget_bias)
     model = run_ctx.wrap(net)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, late_cosine(steps, decay_from))
@@ -167,7 +172,7 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
         seeds: tuple[int, ...] = (0, 1, 2), steps: int = 5000, batch_size: int = 64, lr: float = 3e-3,
         c0: float = 30.0, c_min: float = 0.5, floor_at: float = 0.8, clip_norm: float = 5.0,
         clip_gates: bool = True, evals: int = 25, plateau_margin: float = 0.1, decay_from: float = 1.0,
-        workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
+        forget_bias: float = 0.0, workers: int = 2) -> tuple[dict[str, Any], Callable[[str], None]]:
     """Train every variant on every seed for ``steps`` Adam updates; report error and plateau exit, mean ± spread.
 
     ``floor_at`` fits the continuous annealing time scale (c reaches c_min at update floor_at·steps); ``workers``
@@ -177,7 +182,7 @@ def run(ctx: RecipeContext, *, length: int = 26, high: int = 10, n_train: int = 
     common = {"length": length, "high": high, "n_train": n_train, "n_test": n_test, "embed": embed, "hidden": hidden,
               "mlp": mlp, "steps": steps, "batch_size": batch_size, "lr": lr, "c0": c0, "c_min": c_min,
               "every": every, "clip_norm": clip_norm, "clip_gates": clip_gates, "evals": evals,
-              "decay_from": decay_from}
+              "decay_from": decay_from, "forget_bias": forget_bias}
     jobs = [{"variant": v, "seed": ctx.seed + int(s), **common} for v in variants for s in seeds]
     results = run_jobs(ctx, _train_one, jobs, workers=workers)
     runs: dict[str, list[dict[str, Any]]] = {v: [r for r in results if r["variant"] == v] for v in variants}

@@ -160,7 +160,10 @@ class Distiller:
             target = cached[i] if cached is not None else logits_of(call_with(self.teacher, part))
             if cached is None and fresh is not None:
                 size += target.numel() * target.element_size()
-                fresh = fresh + [target] if size <= TEACHER_CACHE_BYTES else None
+                if size <= TEACHER_CACHE_BYTES:
+                    fresh.append(target)
+                else:
+                    fresh = None
             value = output_loss(logits_of(call_with(self.student, part)), target, config.loss, config.temperature)
             total, weight = total + float(value) * rows, weight + rows
         if cached is None and fresh is not None:

@@ -186,7 +186,8 @@ class InPlaceDCT:
 
     def __init__(self, rows: torch.Tensor, eager: bool | None = None) -> None:
         """``eager``: :func:`eager_cpu` of ``rows`` when the caller already knows it."""
-        self.engine = resolve_engine(rows, eager=eager) if (eager_cpu(rows) if eager is None else eager) else "torch"
+        eager = eager_cpu(rows) if eager is None else eager
+        self.engine = resolve_engine(rows, eager=eager) if eager else "torch"
         if self.engine == "matmul":
             c = compute_dtype(rows.dtype)
             self.matrices = {kind: transform_matrix(rows.shape[-1], kind, c, rows.device) for kind in (2, 3)}

@@ -84,3 +84,23 @@ def test_reduced_precision(dtype):
     spike = torch.zeros(1, 64, dtype=dtype)
     spike[0, 3] = 6e4
     assert torch.isfinite(layer(spike)).all()
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_path_in_row_blocks_and_after_a_permutation_update(mode, monkeypatch):
+    """The autograd-free path (row blocks written into the output, Π as a cached flat int32 index) against the
+    dense product, over several blocks with a partial last one, stacked Fastfood blocks, and again after the
+    permutation buffer is changed in place (the cached index must follow it)."""
+    import surgeon.ops.threads as threads
+
+    layer = FastfoodLinear(100, 300, seed=2, dtype=torch.float64)
+    nn.init.normal_(layer.bias)
+    monkeypatch.setattr(threads, "ROW_BLOCK_ELEMENTS", 3 * layer.blocks * layer.d)   # 3 rows a block
+    x = torch.randn(10, 100, dtype=torch.float64)
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with context():
+        np.testing.assert_allclose(layer(x).numpy(), _dense_fastfood(layer, x.numpy()), atol=1e-10)
+    with torch.no_grad():
+        layer.perm[1] = layer.perm[1].flip(0)
+    with context():
+        np.testing.assert_allclose(layer(x).numpy(), _dense_fastfood(layer, x.numpy()), atol=1e-10)

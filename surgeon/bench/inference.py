@@ -2,9 +2,11 @@
 
 For every N and batch: ``nn.Linear(N, N)``, ``ACDCLinear`` at depth 12 and 4, ``FastfoodLinear`` and, where the
 package has it, ``LowRankLinear`` at ACDC-12's parameter count, each run in torch (``inference_mode``) and in
-onnxruntime (the file :func:`surgeon.export_onnx` writes, 2 intra-op threads like torch). The calls of one
-(N, batch) cell are interleaved round by round, so machine noise hits every layer alike; a row's ``speedup`` is
-the dense layer's median over the layer's median **in the same runtime**, measured in this one run.
+onnxruntime (the file :func:`surgeon.export_onnx` writes, 2 intra-op threads like torch, with onnxruntime's
+default spinning threads, timed in a child process: :mod:`surgeon.bench.ort_timing`). The calls of one (N, batch)
+cell and runtime are interleaved round by round in shuffled orders, so machine noise hits every layer alike; a
+row's ``speedup`` is the dense layer's median over the layer's median **in the same runtime**, measured in this
+one run.
 The torch runtime also times "24 DCTs of ACDC-12": the cascade's 2K in-place transforms alone on the same rows,
 with its engine and thread rule — a floor on ACDC-12's time, so its speed-up over dense bounds ACDC-12's.
 ``compare_engine`` adds, for each ACDC layer in torch, the same layer with that DCT engine forced (e.g. ``scipy``:
@@ -13,6 +15,7 @@ pocketfft at every size, the path before small-N GEMMs), in the same interleaved
 
 from __future__ import annotations
 
+import random
 import statistics
 import tempfile
 import time
@@ -24,7 +27,8 @@ import torch
 from torch import nn
 
 import surgeon
-from surgeon.io.onnx_export import _ort_session, export_onnx
+from surgeon.bench.ort_timing import ort_samples
+from surgeon.io.onnx_export import export_onnx
 from surgeon.layers import ACDCLinear, FastfoodLinear
 from surgeon.ops.dct import InPlaceDCT, forced_engine
 from surgeon.ops.threads import row_blocks, serial_torch
@@ -82,21 +86,24 @@ def _target(n: int, batch: int, layer: str) -> float | None:
 
 
 def interleaved_samples(calls: dict[str, Callable[[], object]], repeats: int,
-                        warmup: int = 1) -> dict[str, list[float]]:
+                        warmup: int = 1, seed: int = 0) -> dict[str, list[float]]:
     """Seconds of each call of each function, calling them round-robin ``repeats`` times after ``warmup``
     untimed rounds; ``samples[name][r]`` is round r.
 
-    The order rotates every round: a call right after a multi-threaded one pays for the idle threads that are
-    still spinning, and rotating spreads that cost over every candidate instead of always the same one.
+    Every round takes its own shuffled order (seeded): a call pays for what ran just before it — the dense
+    layer's 64 MB weight read evicts the caches, idle threads of a multi-threaded call are still spinning — and a
+    fixed order, even rotated, gives every call the same predecessor each round (measured: Fastfood at N = 4096,
+    batch 1, read 0.71 ms right after the dense layer against 0.31 ms in any other place).
     """
     for fn in calls.values():
         for _ in range(warmup):
             fn()
+    order = random.Random(seed)
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
@@ -108,13 +115,18 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, wa
     return {name: statistics.median(times) for name, times in interleaved_samples(calls, repeats, warmup).items()}
 
 
-def _sessions(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, object]:
-    sessions = {}
+def _export(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, str]:
+    files = {}
     for name, layer in layers.items():
         path = folder / f"{name}_{n}.onnx"
         export_onnx(layer, torch.randn(2, n), path, check=False)
-        sessions[name] = _ort_session(str(path), THREADS, spin=False)
-    return sessions
+        files[name] = str(path)
+    return files
+
+
+def _rounds(n: int, batch: int, repeats: int) -> int:
+    # fewer rounds where one call takes long (N=8192, batch 256) keeps the run to minutes
+    return max(3, repeats if batch * n <= 256 * 4096 else repeats // 2)
 
 
 def transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:
@@ -136,20 +148,15 @@ def _under_engine(engine: str, layer: nn.Module, x: torch.Tensor) -> object:
         return layer(x)
 
 
-def _cell_calls(layers: dict[str, nn.Module], sessions: dict[str, object], x: torch.Tensor,
-                runtimes: Sequence[str], compare_engine: str | None) -> dict[tuple[str, str], Callable[[], object]]:
-    feed = {"input_0": x.numpy()}
-    calls: dict[tuple[str, str], Callable[[], object]] = {}
+def _cell_calls(layers: dict[str, nn.Module], x: torch.Tensor,
+                compare_engine: str | None) -> dict[str, Callable[[], object]]:
+    calls: dict[str, Callable[[], object]] = {}
     for name, layer in layers.items():
-        if "torch" in runtimes:
-            calls[name, "torch"] = lambda layer=layer: layer(x)
-            if compare_engine and isinstance(layer, ACDCLinear):
-                calls[f"{name} [{compare_engine} DCT]", "torch"] = lambda layer=layer: _under_engine(
-                    compare_engine, layer, x)
-            if name == "ACDC-12":
-                calls["24 DCTs of ACDC-12", "torch"] = lambda scratch=x.clone(): transforms_only(scratch, 24)
-        if "onnxruntime" in runtimes:
-            calls[name, "onnxruntime"] = lambda s=sessions[name]: s.run(None, feed)
+        calls[name] = lambda layer=layer: layer(x)
+        if compare_engine and isinstance(layer, ACDCLinear):
+            calls[f"{name} [{compare_engine} DCT]"] = lambda layer=layer: _under_engine(compare_engine, layer, x)
+        if name == "ACDC-12":
+            calls["24 DCTs of ACDC-12"] = lambda scratch=x.clone(): transforms_only(scratch, 24)
     return calls
 
 
@@ -179,21 +186,28 @@ def bench_inference(sizes: Sequence[int] = SIZES, batches: Sequence[int] = BATCH
     try:
         with tempfile.TemporaryDirectory(prefix="surgeon-bench-") as tmp:
             for n in sizes:
-                if on_case is not None:
-                    on_case(f"N={n}: exporting")
                 layers = candidate_layers(n)
-                sessions = _sessions(layers, n, Path(tmp)) if "onnxruntime" in runtimes else {}
-                for batch in batches:
+                medians: dict[int, dict[tuple[str, str], float]] = {batch: {} for batch in batches}
+                if "onnxruntime" in runtimes:
                     if on_case is not None:
-                        on_case(f"N={n}, batch {batch}")
-                    x = torch.randn(batch, n)
-                    # fewer rounds where one call takes long (N=8192, batch 256) keeps the run to minutes
-                    rounds = max(3, repeats if batch * n <= 64 * 4096 else repeats // 2)
-                    with torch.inference_mode():
-                        calls = _cell_calls(layers, sessions, x, runtimes, compare_engine)
-                        medians = interleaved_medians(calls, rounds)
-                    rows += _rows(n, batch, medians)
-                del layers, sessions
+                        on_case(f"N={n}: onnxruntime")
+                    files = _export(layers, n, Path(tmp))
+                    samples = ort_samples(files, n, batches, {b: _rounds(n, b, repeats) for b in batches}, THREADS)
+                    for batch in batches:
+                        medians[batch].update({(name, "onnxruntime"): statistics.median(times)
+                                               for name, times in samples[batch].items()})
+                if "torch" in runtimes:
+                    for batch in batches:
+                        if on_case is not None:
+                            on_case(f"N={n}, batch {batch}: torch")
+                        x = torch.randn(batch, n)
+                        with torch.inference_mode():
+                            calls = _cell_calls(layers, x, compare_engine)
+                            timed = interleaved_medians(calls, _rounds(n, batch, repeats))
+                        medians[batch].update({(name, "torch"): seconds for name, seconds in timed.items()})
+                for batch in batches:
+                    rows += _rows(n, batch, medians[batch])
+                del layers
     finally:
         torch.set_num_threads(previous)
     return rows

@@ -1,8 +1,8 @@
 """CPU benchmark of the structured layers against the dense layer they replace (issue targets in ``target``).
 
 Every row is a ratio of medians measured in this one run: ``speedup = baseline / candidate``. The forward+backward
-steps of one N (the dense layer, every candidate and the transform floors) run interleaved, round by round with
-the order rotating, so that a neighbour's load or a slow phase of the machine hits all of them alike;
+steps of one N (the dense layer, every candidate and the transform floors) run interleaved, round by round in a
+freshly shuffled order, so that a neighbour's load or a slow phase of the machine hits all of them alike;
 ``speedup_min`` / ``speedup_max`` are the lowest and highest ratio of one round's dense step to the same round's
 candidate step, the spread the median comes from.
 """

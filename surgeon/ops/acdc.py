@@ -36,6 +36,7 @@ import torch
 
 from surgeon.ops.dct import InPlaceDCT, eager_cpu
 from surgeon.ops.dense_cascade import dense_cascade_forward, dense_matrices
+from surgeon.ops.index_cache import derived
 from surgeon.ops.threads import row_blocks, serial_on_cached_rows, serial_torch
 from surgeon.ops.workspace import rows_buffer
 from surgeon.primitives import ACTIVATIONS, activation_spec, canonical_activation, compute_dtype
@@ -103,33 +104,21 @@ def _forward_factors(a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None,
     return _Factors(*entry[2], index, None)
 
 
-# id(perms) -> (weak reference to perms, its version counter, int32 rows, int32 inverse rows or None)
-_INDEX_CACHE: dict[int, tuple] = {}
-
-
 def _int32_permutations(perms: torch.Tensor, inverse: bool):
-    """``perms`` (K-1, N) as int32 rows and, when ``inverse``, their inverses; cached per permutation tensor (a
-    layer's buffer serves every call; converting it cost a tenth of a batch-1 forward) while its version
-    counter says it is unchanged."""
-    if perms.is_inference():   # no version counter to watch: convert afresh
-        return _int32_rows(perms, inverse)
-    entry = _INDEX_CACHE.get(id(perms))
-    if entry is None or entry[0]() is not perms or entry[1] != perms._version or (inverse and entry[3] is None):
-        index, undo = _int32_rows(perms, inverse)
-        ident = id(perms)
-        ref = weakref.ref(perms, lambda _: _INDEX_CACHE.pop(ident, None))
-        entry = _INDEX_CACHE[ident] = (ref, perms._version, index, undo)
-    return entry[2], entry[3] if inverse else None
+    """``perms`` (K-1, N) as int32 rows and, when ``inverse``, their inverses (else None); derived once per
+    permutation tensor (:mod:`surgeon.ops.index_cache`): a layer's buffer serves every call."""
+    if not inverse:
+        return derived(perms, "int32 rows", _int32_rows), None
+    return derived(perms, "int32 rows", _int32_rows), derived(perms, "int32 inverse rows", _int32_inverse_rows)
 
 
-def _int32_rows(perms: torch.Tensor, inverse: bool):
-    with torch.inference_mode(False), torch.no_grad():
-        index = perms.to(torch.int32)
-        undo = None
-        if inverse:
-            positions = torch.arange(index.shape[1], dtype=torch.int32, device=index.device).expand_as(index)
-            undo = torch.empty_like(index).scatter_(1, perms, positions).unbind(0)   # undo[perm[i]] = i
-    return index.unbind(0), undo
+def _int32_rows(perms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return perms.to(torch.int32).unbind(0)
+
+
+def _int32_inverse_rows(perms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    positions = torch.arange(perms.shape[1], dtype=torch.int32, device=perms.device).expand(perms.shape)
+    return torch.empty(perms.shape, dtype=torch.int32, device=perms.device).scatter_(1, perms, positions).unbind(0)
 
 
 def acdc_factor_ref(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -113,3 +113,21 @@ def test_bench_inference_bad_choices_are_one_line(args, needle):
     result = CliRunner().invoke(app, ["bench", "--inference", "--sizes", "32", *args])
     assert result.exit_code == 2
     assert needle in result.output and "Traceback" not in result.output
+
+
+def test_onnxruntime_timing_child_process(tmp_path):
+    """The child process times every file in shuffled rounds under one shared thread pool, and a file it cannot
+    load comes back as one line naming the failure, not a traceback of the child."""
+    from surgeon.bench.ort_timing import ort_samples
+    from surgeon.io.onnx_export import export_onnx
+
+    path = tmp_path / "dense.onnx"
+    export_onnx(torch.nn.Linear(16, 16), torch.randn(2, 16), path, check=False)
+    samples = ort_samples({"dense": str(path), "again": str(path)}, 16, [1, 5], {1: 3, 5: 2}, 2)
+    assert {b: {k: len(v) for k, v in cells.items()} for b, cells in samples.items()} == {
+        1: {"dense": 3, "again": 3}, 5: {"dense": 2, "again": 2}}
+    assert all(t > 0 for cells in samples.values() for times in cells.values() for t in times)
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="onnxruntime timing process failed") as caught:
+        ort_samples({"broken": str(tmp_path / "broken.onnx")}, 16, [1], {1: 1}, 2)
+    assert "\n" not in str(caught.value)

@@ -37,6 +37,8 @@ SIZES = (1024, 4096, 8192)
 BATCHES = (1, 8, 64, 256)
 THREADS = 2
 RUNTIMES = ("torch", "onnxruntime")
+INFERENCE_ROUNDS = 9
+LONG_CELL_ROUNDS = 5
 
 
 @dataclass
@@ -125,8 +127,10 @@ def _export(layers: dict[str, nn.Module], n: int, folder: Path) -> dict[str, str
 
 
 def _rounds(n: int, batch: int, repeats: int) -> int:
-    # fewer rounds where one call takes long (N=8192, batch 256) keeps the run to minutes
-    return max(3, repeats if batch * n <= 256 * 4096 else repeats // 2)
+    """Interleaved rounds for one cell: at least ``INFERENCE_ROUNDS`` (five rounds let one slow phase of the
+    host, a few hundred ms, set a median: Fastfood at batch 256 read 15.8 ms in one run and 5-8 ms in every
+    other), fewer where one call takes long (N = 8192, batch 256) to keep the run to about a minute."""
+    return max(repeats, INFERENCE_ROUNDS if batch * n <= 256 * 4096 else LONG_CELL_ROUNDS)
 
 
 def transforms_only(buffer: torch.Tensor, count: int) -> torch.Tensor:

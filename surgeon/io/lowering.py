@@ -26,12 +26,14 @@ multiply-adds instead of N². :func:`dct_factors` picks the levels (two for the 
   so no transposes are needed anywhere;
 * the inter-factor permutation Π_k, Makhoul's reorder and its inverse compose into one gather per factor,
   written as ``Expand`` + ``GatherElements`` (onnxruntime's last-axis ``Gather`` measured ~10× slower), on int32
-  indices (the expanded index is written every call: int64 cost twice the bytes);
-* with two levels (N = 512 to 8192 and the AlexNet sizes, 9216 = 96·96) real and imaginary parts are stacked
-  on an axis of their own, so each level is one ``MatMul`` twice as wide and the twiddle is two products of a
-  ``Gather`` that swaps the parts: 305 nodes for ACDC-12 at N = 4096 after onnxruntime's optimiser instead of
-  449, measured 1.2× faster at batch 1, level at batch 8–64 and ~1.2× slower at batch 256 (the swap copies the
-  complex intermediate; batch 256 is bound by memory passes, batch 1 by node count).
+  indices: the expanded index is written every call, and int64 cost twice the bytes (10–25 ms of a ~170 ms
+  ACDC-12 call at N = 4096, batch 256, in onnxruntime's profile).
+
+Tried and not kept: real and imaginary parts stacked on an axis of their own, so that each level is one
+``MatMul`` twice as wide and the twiddle two products around a ``Gather`` swapping the parts (305 nodes for
+ACDC-12 at N = 4096 after onnxruntime's optimiser instead of 449): 1.1–1.2× faster at batch 1, but 1.3–1.5×
+slower at batch 64–256 (the swap copies the complex intermediate and the wider GEMMs ran slower), in one
+interleaved run of both.
 
 A prime N (or one whose factors are very unbalanced) uses one level: the file is still compact, but the
 in-graph N×N table costs N² memory at run time and N² work per transform.
@@ -159,7 +161,6 @@ class LoweredACDC(nn.Module):
             self.register_buffer("gathers", _index_buffer(torch.stack(steps), n).to(a.device))
             longest = max(max(self.factors), n // self.factors[0])
             self.register_buffer("index", torch.arange(longest, dtype=torch.float64, device=a.device))
-            self.register_buffer("parts_swapped", torch.tensor([1, 0], device=a.device))
 
     @staticmethod
     def _frequencies(factors: tuple[int, ...]) -> torch.Tensor:
@@ -199,48 +200,6 @@ class LoweredACDC(nn.Module):
             tables.append(((scale * torch.cos(ang)).to(dtype), (-scale * torch.sin(ang)).to(dtype),
                            torch.cos(tw).to(dtype), (-torch.sin(tw)).to(dtype)))
         return tables
-
-    def _stacked_tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Two levels (f0, f1) with real and imaginary parts stacked, so each level is one ``MatMul``.
-
-        Returns ``(first, twiddle_same, twiddle_swap, twiddle_swap_adjoint, last)``: ``first`` (2·f0, f0) holds
-        the level-1 DFT's rows interleaved (row 2k1 its real part, 2k1+1 its imaginary part), so its product
-        with rows (M, f0, f1) is the complex spectrum viewed (M, f0, 2, f1); the twiddle W = Z·T becomes
-        ``Z ⊙ twiddle_same + swap(Z) ⊙ twiddle_swap`` (swap: exchange the re/im axis), each (f0, 2, f1); ``last``
-        (2·f1, f1) stacks Re and −Im of the level-2 table, so Re(W·G) is W viewed (M, f0, 2·f1) times it.
-        """
-        (f_re, f_im, t_re, t_im), (g_re, g_im) = self._tables(dtype)
-        f0, f1 = self.factors
-        first = torch.stack([f_re, f_im], 1).reshape(2 * f0, f0)
-        same = torch.stack([t_re, t_re], 1)
-        swap = torch.stack([-t_im, t_im], 1)
-        swap_adjoint = torch.stack([t_im, -t_im], 1)     # swap(twiddle_swap): the adjoint's table
-        last = torch.cat([g_re, -g_im], 0)
-        return first, same, swap, swap_adjoint, last
-
-    def _swap_parts(self, z: torch.Tensor) -> torch.Tensor:
-        """z (M, f0, 2, f1) with its real and imaginary parts (axis 2) exchanged.
-
-        ``index_select`` on that axis exports as one ``Gather`` that copies whole f1-long runs; ``flip`` exported
-        as a negative-step ``Slice``, which onnxruntime copied element by element (a third of an ACDC-12 call at
-        batch 256)."""
-        return torch.index_select(z, 2, self.parts_swapped)
-
-    def _dct_stacked(self, v: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """:meth:`_dct` for two levels: rows (M, f0, f1) in Makhoul order -> spectrum (M, f0, f1)."""
-        first, same, swap, _, last = tables
-        f0, f1 = self.factors
-        z = (first @ v).reshape(-1, f0, 2, f1)
-        w = z * same + self._swap_parts(z) * swap
-        return w.reshape(-1, f0, 2 * f1) @ last
-
-    def _dct_stacked_adjoint(self, h: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The transpose of :meth:`_dct_stacked`, every step reversed: spectrum (M, f0, f1) -> rows (M, f0, f1)."""
-        first, same, _, swap_adjoint, last = tables
-        f0, f1 = self.factors
-        w = (h @ last.transpose(0, 1)).reshape(-1, f0, 2, f1)
-        z = w * same + self._swap_parts(w) * swap_adjoint
-        return first.transpose(0, 1) @ z.reshape(-1, 2 * f0, f1)
 
     def _view(self, t: torch.Tensor, j: int) -> torch.Tensor:
         f = self.factors
@@ -291,28 +250,18 @@ class LoweredACDC(nn.Module):
         n = self.size
         lead = x.shape[:-1]
         c = compute_dtype(self.a.dtype)  # fp16 files keep fp16 numbers but transform in fp32
+        tables = self._tables(c)
         a, d, b = (None if t is None else t.to(c) for t in (self.a, self.d, self.b))
-        gathers = self.gathers.to(torch.int32)   # int32: the per-call Expand of each index writes half the bytes
+        gathers = self.gathers.to(torch.int32)
         rows = x.reshape(-1, self.in_features).to(c)
         if n > self.in_features:
             rows = nn.functional.pad(rows, (0, n - self.in_features))
-        if len(self.factors) == 2:
-            # rows stay (M, f0, f1) through both transforms: reshapes only around the gather
-            tables = self._stacked_tables(c)
-            grid = self.factors
-            d, b = d.reshape(-1, *grid), None if b is None else b.reshape(-1, *grid)
-            dct = lambda t: self._dct_stacked(t.reshape(-1, *grid), tables)                    # noqa: E731
-            dct_adjoint = lambda t: self._dct_stacked_adjoint(t, tables).reshape(-1, n)        # noqa: E731
-        else:
-            tables = self._tables(c)
-            dct = lambda t: self._dct(t, tables)                                                # noqa: E731
-            dct_adjoint = lambda t: self._dct_adjoint(t, tables)                                # noqa: E731
         v = gather_last(rows, gathers[0]) * a[0]
         for k in range(self.depth):
-            h = dct(v) * d[k]
+            h = self._dct(v, tables) * d[k]
             if b is not None:
                 h = h + b[k]
-            w = dct_adjoint(h)
+            w = self._dct_adjoint(h, tables)
             if k < self.depth - 1:
                 w = activation_spec(self.activation).apply(w)            # elementwise, so it commutes with the gather
                 if self.composed:

@@ -12,10 +12,10 @@ Gradients: called directly, :func:`fastfood_ref` is differentiated by autograd, 
 Without autograd (inference, and the layers' forward) the chain runs in place, a block of rows at a time
 (:func:`surgeon.ops.threads.row_blocks`) written straight into the output, with Π as an int32 ``index_select``
 over the flattened blocks. Measured at N = 4096 on the 2-core reference machine against the previous form
-(whole batch, expanded-index ``gather``, one torch thread up to 128 rows): 1.5-1.9x faster at batch 1-64, and
-at batch 256 the batch-wide intermediates (4 MB each, handed back to the OS and page-faulted in again between
-calls) made single calls 8-16 ms where the blocks take 8-9 ms every time. Two torch threads beat one at every
-batch here: the GEMMs of the Hadamard factors are long enough to split.
+(whole batch, expanded-index ``gather``, one torch thread up to 128 rows): 1.5-1.9x faster at batch 1-64 in a
+microbenchmark; at batch 256 the whole-batch form's medians swung between 8 and 16 ms from process to process,
+the blocked one read 5-9 ms. Two torch threads beat one at every batch here: the GEMMs of the Hadamard factors
+are long enough to split.
 """
 
 from __future__ import annotations

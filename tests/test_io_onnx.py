@@ -85,6 +85,21 @@ def test_lowered_acdc_matches_scipy_cascade(n_in, n_out, depth, activation, perm
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("factors", [(32, 32), (8, 8, 16)])
+def test_lowered_factor_reshapes_only_around_its_gather(tmp_path, factors):
+    """Every reshape is a node onnxruntime dispatches per call: a factor may add only the two around its gather
+    (into the DFT view and back to flat rows), however many levels its DCT has beyond the first."""
+    counts = []
+    for depth in (2, 4):
+        layer = ACDCLinear(1024, 1024, depth=depth, seed=0).eval()
+        path = tmp_path / f"acdc{depth}.onnx"
+        torch.onnx.export(LoweredACDC(layer, factors), (torch.randn(2, 1024),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}}, do_constant_folding=False, dynamo=False)
+        counts.append(sum(node.op_type == "Reshape" for node in onnx.load(str(path)).graph.node))
+    levels_beyond_two = len(factors) - 2    # each deeper level views re and im afresh, forward and adjoint
+    assert counts[1] - counts[0] == 2 * (2 + 4 * levels_beyond_two)
+
+
 @pytest.mark.parametrize("n_in, n_out, adaptive", [(100, 60, True), (64, 300, False), (300, 1000, True)])
 def test_lowered_fastfood_matches_dense_formula(n_in, n_out, adaptive):
     torch.manual_seed(0)

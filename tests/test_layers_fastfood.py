@@ -87,15 +87,11 @@ def test_reduced_precision(dtype):
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_inference_path_in_row_blocks_and_after_a_permutation_update(mode, monkeypatch):
-    """The autograd-free path (row blocks written into the output, Π as a cached flat int32 index) against the
-    dense product, over several blocks with a partial last one, stacked Fastfood blocks, and again after the
-    permutation buffer is changed in place (the cached index must follow it)."""
-    import surgeon.ops.threads as threads
-
+def test_inference_forward_and_after_a_permutation_update(mode):
+    """The autograd-free forward (eager CPU inference skips the custom op and adds the bias in place) against the
+    dense product, with stacked Fastfood blocks, and again after the permutation buffer is changed in place."""
     layer = FastfoodLinear(100, 300, seed=2, dtype=torch.float64)
     nn.init.normal_(layer.bias)
-    monkeypatch.setattr(threads, "ROW_BLOCK_ELEMENTS", 3 * layer.blocks * layer.d)   # 3 rows a block
     x = torch.randn(10, 100, dtype=torch.float64)
     context = torch.no_grad if mode == "no_grad" else torch.inference_mode
     with context():
@@ -104,3 +100,20 @@ def test_inference_path_in_row_blocks_and_after_a_permutation_update(mode, monke
         layer.perm[1] = layer.perm[1].flip(0)
     with context():
         np.testing.assert_allclose(layer(x).numpy(), _dense_fastfood(layer, x.numpy()), atol=1e-10)
+
+
+def test_square_layer_bias_added_in_place_only_without_autograd():
+    """Without autograd the bias goes into the op's fresh output; with it, the sum is a new tensor whose gradient
+    reaches the bias and the input (checked against the dense product's)."""
+    layer = FastfoodLinear(64, 64, seed=3, dtype=torch.float64)
+    nn.init.normal_(layer.bias)
+    x = torch.randn(4, 64, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    dense = layer.to_dense()
+    torch.testing.assert_close(y, dense(x))
+    y.square().sum().backward()
+    want_x, want_bias = torch.autograd.grad(dense(x).square().sum(), (x, dense.bias))
+    torch.testing.assert_close(x.grad, want_x)
+    torch.testing.assert_close(layer.bias.grad, want_bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), dense(x))

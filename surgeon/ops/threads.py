@@ -2,10 +2,9 @@
 
 After every parallel region torch's OpenMP threads busy-wait (or, under ``OMP_WAIT_POLICY=PASSIVE``, must be
 woken) for the next one. A cascade alternates short elementwise torch ops with pocketfft calls that start their
-own worker threads: the waiting and waking costs more than a second thread gains on rows that fit in the L2
-cache. Measured on 2 cores: a depth-12 ACDC forward on 64 × 4096 rows 1.8× (passive) to 5× (spinning) faster.
-(Fastfood's inference forward, whose Hadamard factors are GEMMs long enough to split, keeps both threads: one
-thread made it 1.1-1.7× slower at batch 1-256 once its row blocks and int32 gather were in.)
+own worker threads, and a Fastfood transform is a chain of small GEMMs: the waiting and waking costs more than a
+second thread gains on rows that fit in the L2 cache. Measured on 2 cores: a depth-12 ACDC forward on 64 × 4096
+rows 1.8× (passive) to 5× (spinning) faster, Fastfood at batch 1–64 up to 2× faster.
 
 Beyond the cache every elementwise pass streams the whole batch through memory. The ACDC cascade therefore runs
 large batches in row blocks of ``ROW_BLOCK_ELEMENTS`` numbers (:func:`row_blocks`), every factor of a block

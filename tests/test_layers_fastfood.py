@@ -87,10 +87,17 @@ def test_reduced_precision(dtype):
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_inference_forward_and_after_a_permutation_update(mode):
-    """The autograd-free forward (eager CPU inference skips the custom op and adds the bias in place) against the
-    dense product, with stacked Fastfood blocks, and again after the permutation buffer is changed in place."""
+@pytest.mark.parametrize("rows_per_block", [3, None])
+def test_inference_forward_and_after_a_permutation_update(mode, rows_per_block, monkeypatch):
+    """The autograd-free forward (eager CPU inference skips the custom op, runs row blocks into the output with a
+    cached int32 permutation and adds the bias in place) against the dense product, with stacked Fastfood blocks,
+    over several row blocks with a partial last one or one block, and again after the permutation buffer is
+    changed in place (the cached index must follow it)."""
+    import surgeon.ops.threads as threads
+
     layer = FastfoodLinear(100, 300, seed=2, dtype=torch.float64)
+    if rows_per_block is not None:
+        monkeypatch.setattr(threads, "ROW_BLOCK_ELEMENTS", rows_per_block * layer.blocks * layer.d)
     nn.init.normal_(layer.bias)
     x = torch.randn(10, 100, dtype=torch.float64)
     context = torch.no_grad if mode == "no_grad" else torch.inference_mode

@@ -63,7 +63,8 @@ def bench_command(
                                                                "on CUDA).")] = None,
     dtypes: Annotated[str | None, typer.Option("--dtypes", help="CUDA and --resources: comma-separated dtypes "
                                                                  "(fp32, bf16, fp16).")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement (CPU).")] = 5,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per measurement (CPU; --inference runs at "
+                                                           "least 9 rounds a cell, 5 for the longest).")] = 5,
     resources: Annotated[bool, typer.Option("--resources", help="Instead of timing: compile the kernels for "
                                                                  "--gpu-arch and list registers, spills and "
                                                                  "shared memory. Needs no GPU.")] = False,

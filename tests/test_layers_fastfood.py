@@ -89,10 +89,10 @@ def test_reduced_precision(dtype):
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("rows_per_block", [3, None])
 def test_inference_forward_and_after_a_permutation_update(mode, rows_per_block, monkeypatch):
-    """The autograd-free forward (eager CPU inference skips the custom op, runs row blocks into the output with a
-    cached int32 permutation and adds the bias in place) against the dense product, with stacked Fastfood blocks,
-    over several row blocks with a partial last one or one block, and again after the permutation buffer is
-    changed in place (the cached index must follow it)."""
+    """The autograd-free forward (eager CPU inference skips the custom op and runs row blocks into the output with
+    a cached int32 permutation) against the dense product, with stacked Fastfood blocks, over several row blocks
+    with a partial last one or one block, and again after the permutation buffer is changed in place and after
+    it is re-pointed with ``.data`` (the cached index must follow both)."""
     import surgeon.ops.threads as threads
 
     layer = FastfoodLinear(100, 300, seed=2, dtype=torch.float64)
@@ -107,20 +107,32 @@ def test_inference_forward_and_after_a_permutation_update(mode, rows_per_block, 
         layer.perm[1] = layer.perm[1].flip(0)
     with context():
         np.testing.assert_allclose(layer(x).numpy(), _dense_fastfood(layer, x.numpy()), atol=1e-10)
+    layer.perm.data = torch.stack([torch.randperm(layer.d) for _ in range(layer.blocks)])
+    with context():
+        np.testing.assert_allclose(layer(x).numpy(), _dense_fastfood(layer, x.numpy()), atol=1e-10)
 
 
 def test_square_layer_bias_added_in_place_only_without_autograd():
-    """Without autograd the bias goes into the op's fresh output; with it, the sum is a new tensor whose gradient
-    reaches the bias and the input (checked against the dense product's)."""
+    """Without autograd the bias goes into the op's fresh output (a square layer); with it, the sum is a new
+    tensor whose gradients reach the bias and the input. Outputs against the scipy-built dense product; gradients
+    against an ``nn.Linear`` holding that product's matrix. A float32 input to a float64 layer still comes out
+    float64 in both modes (the in-place add would have kept the input's dtype)."""
     layer = FastfoodLinear(64, 64, seed=3, dtype=torch.float64)
     nn.init.normal_(layer.bias)
     x = torch.randn(4, 64, dtype=torch.float64, requires_grad=True)
+    want = torch.from_numpy(_dense_fastfood(layer, x.detach().numpy()))
     y = layer(x)
-    dense = layer.to_dense()
-    torch.testing.assert_close(y, dense(x))
+    torch.testing.assert_close(y, want)
     y.square().sum().backward()
+    dense = nn.Linear(64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        dense.weight.copy_(torch.from_numpy(_dense_fastfood(layer, np.eye(64)) - layer.bias.detach().numpy()).T)
+        dense.bias.copy_(layer.bias)
     want_x, want_bias = torch.autograd.grad(dense(x).square().sum(), (x, dense.bias))
     torch.testing.assert_close(x.grad, want_x)
     torch.testing.assert_close(layer.bias.grad, want_bias)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), dense(x))
+        torch.testing.assert_close(layer(x), want)
+        single = layer(x.float())
+    assert single.dtype == layer(x.float()).dtype == torch.float64
+    torch.testing.assert_close(single, want, rtol=1e-6, atol=1e-6)

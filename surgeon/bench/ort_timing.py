@@ -10,15 +10,18 @@ A deployment runs one model with the defaults, so here every session shares one 
 process, which also keeps the pool away from the parent's torch timings.
 
 Protocol: the parent writes one JSON object to the child's stdin: ``{"files": {name: path}, "n": N, "batches":
-[...], "rounds": {batch: R}, "threads": T, "seed": S}``; the child prints ``{batch: {name: [seconds per round]}}``.
+[...], "rounds": {batch: R}, "threads": T, "seed": S}``; the child's last line of output is ``{batch: {name:
+[seconds per round]}}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 CHILD_TIMEOUT_S = 1800
 
@@ -30,12 +33,20 @@ def ort_samples(files: Mapping[str, str], n: int, batches: Sequence[int], rounds
     process with ``threads`` intra-op threads shared by every session."""
     spec = {"files": dict(files), "n": n, "batches": list(batches), "rounds": {str(b): r for b, r in rounds.items()},
             "threads": threads, "seed": seed}
-    done = subprocess.run([sys.executable, "-m", "surgeon.bench.ort_timing"], input=json.dumps(spec),
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
-    if done.returncode != 0:
+    # the child imports this very package, wherever it was imported from here (an install or a source tree)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run([sys.executable, "-m", "surgeon.bench.ort_timing"], input=json.dumps(spec),
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the onnxruntime timing process ran past {CHILD_TIMEOUT_S} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the onnxruntime timing process failed: {last}")
-    return {int(batch): cells for batch, cells in json.loads(done.stdout).items()}
+        raise RuntimeError(f"the onnxruntime timing process failed (exit status {done.returncode}): {last}")
+    # the result is the last line: anything a library printed before it is not ours to parse
+    return {int(batch): cells for batch, cells in json.loads(lines[-1]).items()}
 
 
 def _time_in_this_process(spec: dict) -> dict[str, dict[str, list[float]]]:
@@ -61,4 +72,5 @@ def _time_in_this_process(spec: dict) -> dict[str, dict[str, list[float]]]:
 
 
 if __name__ == "__main__":
-    json.dump(_time_in_this_process(json.load(sys.stdin)), sys.stdout)
+    result = _time_in_this_process(json.load(sys.stdin))
+    sys.stdout.write("\n" + json.dumps(result) + "\n")

@@ -50,7 +50,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], *,
             if _ran_out_of_space(exc, directory):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from exc
             raise
-        _place(tmp, path, overwrite=overwrite)
+        # Held signals: an interrupt between a hard link and the removal of the temporary name would leave both.
+        with _signals_deferred():
+            _place(tmp, path, overwrite=overwrite)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            tmp = None
     finally:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):

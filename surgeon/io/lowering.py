@@ -92,6 +92,11 @@ def dct_factors(n: int, max_levels: int = _MAX_LEVELS) -> tuple[int, ...]:
     return best
 
 
+# The gather index dtype of the exported graph: int32 halves what each call's ``Expand`` writes, but eager
+# ``torch.gather`` (which the exporter traces and the parity check runs) takes int32 only from torch 2.8.
+GATHER_INDEX = torch.int32 if torch.torch_version.TorchVersion(torch.__version__) >= (2, 8) else torch.int64
+
+
 def _index_buffer(index: torch.Tensor, bound: int) -> torch.Tensor:
     # int16 halves the file's permutation bytes versus int32 (a quarter versus int64); the graph casts them back.
     dtype = torch.int16 if bound <= 2**15 else torch.int32
@@ -264,7 +269,7 @@ class LoweredACDC(nn.Module):
         a, d, b = (None if t is None else t.to(c) for t in (self.a, self.d, self.b))
         spectral = self._spectral_view()
         d, b = d.reshape(-1, *spectral), None if b is None else b.reshape(-1, *spectral)   # folded once
-        gathers = self.gathers.to(torch.int32)
+        gathers = self.gathers.to(GATHER_INDEX)
         rows = x.reshape(-1, self.in_features).to(c)
         if n > self.in_features:
             rows = nn.functional.pad(rows, (0, n - self.in_features))
@@ -337,7 +342,7 @@ class LoweredFastfood(nn.Module):
             x = nn.functional.pad(x, (0, self.d - self.in_features))
         rows = x.reshape(-1, 1, self.d) * self.binary.to(c)                  # (M, blocks, d)
         rows = self._fwht(rows).reshape(-1, self.blocks * self.d)
-        rows = gather_last(rows, self.perm.to(torch.int32)).reshape(-1, self.blocks, self.d)
+        rows = gather_last(rows, self.perm.to(GATHER_INDEX)).reshape(-1, self.blocks, self.d)
         rows = self._fwht(rows * self.gauss.to(c)) * self.scale.to(c)
         out = rows.reshape(-1, self.blocks * self.d)[:, : self.out_features]
         if self.bias is not None:

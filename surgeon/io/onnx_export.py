@@ -150,9 +150,8 @@ def other_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat([x, x.flip(0), x[:1]], 0) for x in inputs)
 
 
-def _ort_session(path: str, threads: int | None = None, spin: bool = True) -> Any:
-    """A CPU session; ``spin=False`` stops its idle threads from busy-waiting after a run, which would steal the
-    cores from torch when the two runtimes are timed alternately."""
+def _ort_session(path: str, threads: int | None = None) -> Any:
+    """A CPU session with ``threads`` intra-op threads (onnxruntime's default when None)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -160,8 +159,6 @@ def _ort_session(path: str, threads: int | None = None, spin: bool = True) -> An
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

@@ -55,7 +55,8 @@ class FastfoodLinear(StructuredLinear):
         x = self.checked_input(x, self.d)
         y = fastfood(x, self.scale, self.gauss, self.binary, self.perm, backend=getattr(self, "backend", "auto"))
         if self.bias is not None:
-            if y.shape[-1] == self.out_features and not (torch.is_grad_enabled() and y.requires_grad):
+            in_place = y.shape[-1] == self.out_features and y.dtype == torch.result_type(y, self.bias)
+            if in_place and not (torch.is_grad_enabled() and y.requires_grad):
                 return y.add_(self.bias)   # y is the op's own fresh output: no second batch-sized tensor
             return y[..., : self.out_features] + self.bias
         # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).

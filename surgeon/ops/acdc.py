@@ -113,7 +113,7 @@ def _int32_permutations(perms: torch.Tensor, inverse: bool):
 
 
 def _int32_rows(perms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return perms.to(torch.int32).unbind(0)
+    return perms.to(torch.int32, copy=True).unbind(0)   # a copy: views would keep perms alive in the cache
 
 
 def _int32_inverse_rows(perms: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,7 @@ Without autograd (inference, and the layers' forward) the chain runs in place, a
 over the flattened blocks, on one torch thread up to ``CACHED_ELEMENTS`` numbers
 (:func:`surgeon.ops.threads.serial_on_cached_rows`: under surgeon's ``OMP_WAIT_POLICY=PASSIVE`` every parallel
 region wakes the second thread, and two threads were 3.5x slower at N = 4096, batch 1). In ``surgeon bench
---inference`` at N = 4096, batch 256 (three runs each) the blocked form read x5.7-6.8 over the dense layer, the
+--inference`` at N = 4096, batch 256 (three runs each) the blocked form read x5.1-6.6 over the dense layer, the
 whole-batch form with an expanded-index ``gather`` x4.4-4.8.
 """
 

@@ -26,8 +26,9 @@ multiply-adds instead of N². :func:`dct_factors` picks the levels (two for the 
   so no transposes are needed anywhere;
 * the inter-factor permutation Π_k, Makhoul's reorder and its inverse compose into one gather per factor,
   written as ``Expand`` + ``GatherElements`` (onnxruntime's last-axis ``Gather`` measured ~10× slower), on int32
-  indices: the expanded index is written every call, and int64 cost twice the bytes (10–25 ms of a ~170 ms
-  ACDC-12 call at N = 4096, batch 256, in onnxruntime's profile);
+  indices where torch's ``gather`` takes them (``GATHER_INDEX``): the expanded index is written every call, and
+  int64 cost twice the bytes (10–25 ms of a ~170 ms ACDC-12 call at N = 4096, batch 256, in onnxruntime's
+  profile);
 * the spectrum stays in the view the last level leaves (:meth:`LoweredACDC._spectral_view`) and the adjoint
   starts from it, so a factor reshapes only into and out of the gather's flat rows: ACDC-12 at N = 4096 has 377
   nodes after onnxruntime's optimiser instead of 449 (5–10 % faster at batch 1, level at 8–256).

@@ -12,6 +12,7 @@ from surgeon.layers.base import StructuredLinear, check_features, seeded_generat
 from surgeon.ops.dispatch import fastfood
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import next_power_of_two
+from surgeon.primitives import records_grad
 
 
 class FastfoodLinear(StructuredLinear):
@@ -56,7 +57,7 @@ class FastfoodLinear(StructuredLinear):
         y = fastfood(x, self.scale, self.gauss, self.binary, self.perm, backend=getattr(self, "backend", "auto"))
         if self.bias is not None:
             in_place = y.shape[-1] == self.out_features and y.dtype == torch.result_type(y, self.bias)
-            if in_place and not (torch.is_grad_enabled() and y.requires_grad):
+            if in_place and not records_grad(y):
                 return y.add_(self.bias)   # y is the op's own fresh output: no second batch-sized tensor
             return y[..., : self.out_features] + self.bias
         # clone(): a view of the op's output would break in-place ops that follow (e.g. ReLU(inplace=True)).

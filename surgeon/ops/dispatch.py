@@ -33,7 +33,7 @@ from surgeon.ops.dct import eager_cpu
 from surgeon.ops.fastfood import fastfood_ref
 from surgeon.ops.hadamard import fwht
 from surgeon.ops.threads import serial_on_cached_rows
-from surgeon.primitives import canonical_activation, compute_dtype, kernel_supported
+from surgeon.primitives import canonical_activation, compute_dtype, kernel_supported, records_grad
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
@@ -77,6 +77,12 @@ def resolve_backend(x: torch.Tensor, backend: str = "auto", n: int | None = None
         return "triton"
     raise RuntimeError(f"backend 'triton' needs CUDA tensors (got {x.device}); on CPU it runs only under the Triton "
                        "interpreter: set TRITON_INTERPRET=1 before importing triton, or use backend='torch'")
+
+
+def _eager_torch(x: torch.Tensor, backend: str) -> bool:
+    """Whether a call on ``x`` runs the torch path in eager CPU mode, where the inference forwards may skip the
+    custom op's dispatch (nothing to trace, compile or differentiate)."""
+    return eager_cpu(x) and resolve_backend(x, backend) == "torch"
 
 
 def _kernels():
@@ -271,10 +277,10 @@ def acdc_cascade(x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, b: torch.Ten
         perms = None if a.shape[0] < 2 else perms
         if perms is not None:
             raise ValueError(f"perms must be ({a.shape[0] - 1}, {n}); got {tuple(perms.shape)}")
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, d, b))
+    wants_grad = records_grad(x, a, d, b)
     if not recompute and wants_grad and resolve_backend(x, backend) == "torch":
         return _acdc_saving_op(x, a, d, b, perms, activation)[0]
-    if not wants_grad and eager_cpu(x) and resolve_backend(x, backend) == "torch":
+    if not wants_grad and _eager_torch(x, backend):
         return _acdc_inference(x, a, d, b, perms, activation)
     return _acdc_cascade_op(x, a, d, b, perms, activation, backend)
 
@@ -383,8 +389,7 @@ def fastfood(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, binary: 
     """
     if scale.dim() != 2 or scale.shape[1] != x.shape[-1]:
         raise ValueError(f"diagonals must be (blocks, {x.shape[-1]}); got {tuple(scale.shape)}")
-    wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, gauss, binary))
-    if not wants_grad and eager_cpu(x) and resolve_backend(x, backend) == "torch":
+    if not records_grad(x, scale, gauss, binary) and _eager_torch(x, backend):
         # eager inference on CPU: straight to the torch path, without the custom op's dispatch (~40 µs a call,
         # a sixth of a batch-1 forward at N = 4096); its output is a tensor nothing else holds, as the op's is
         return fastfood_ref(x, scale, gauss, binary, perm)

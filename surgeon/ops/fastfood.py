@@ -25,7 +25,7 @@ import torch
 from surgeon.ops.hadamard import fwht
 from surgeon.ops.index_cache import derived
 from surgeon.ops.threads import row_blocks, serial_on_cached_rows
-from surgeon.primitives import compute_dtype
+from surgeon.primitives import compute_dtype, records_grad
 
 
 @serial_on_cached_rows
@@ -41,7 +41,7 @@ def fastfood_ref(x: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, bina
     lead = x.shape[:-1]
     rows = x.reshape(-1, d).to(compute)
     params = [t.to(compute) for t in (scale, gauss, binary)]
-    if torch.is_grad_enabled() and (rows.requires_grad or any(t.requires_grad for t in params)):
+    if records_grad(rows, *params):
         out = _differentiable(rows, *params, perm)
     else:
         out = _inference(rows, *params, derived(perm, "flat int32", _flat_index))
